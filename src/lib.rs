@@ -1,0 +1,2 @@
+//! reimagen: an embedded knowledge base of image-text pairs with a retrieval-augmented generator.
+#![warn(missing_docs)]
