@@ -1,2 +1,47 @@
-//! reimagen: an embedded knowledge base of image-text pairs with a retrieval-augmented generator.
+//! reimagen: an embedded knowledge base of image-text pairs, after *Re-Imagen:
+//! Retrieval-Augmented Text-to-Image Generator* (Chen et al., ICLR 2023).
+//!
+//! Pairs live in LMDB (the truth); captions are indexed with BM25 (tantivy) and embeddings with
+//! HNSW (hnsw_rs); both indices are derived and rebuild themselves when damaged.
+//!
+//! # Quick start
+//!
+//! ```
+//! use reimagen::{KnowledgeBase, NewPair, Query};
+//!
+//! # fn main() -> reimagen::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let kb = KnowledgeBase::create(dir.path().join("kb"))?;
+//!
+//! // Any PNG/JPEG bytes will do; here a 2×2 red square.
+//! let mut png = Vec::new();
+//! image::RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 0]))
+//!     .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+//!     .unwrap();
+//! let added = kb.add(NewPair::bytes("red.png", png, "a red square").entity("squares"))?;
+//!
+//! let hits = kb.search(&Query::text("red square").k(5))?;
+//! assert_eq!(hits[0].id, added.id());
+//! assert_eq!(hits[0].entity.as_deref(), Some("squares"));
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
+
+pub mod embed;
+pub mod error;
+pub mod ingest;
+pub mod kb;
+pub mod search;
+pub mod store;
+pub mod text;
+pub mod vector;
+
+pub use embed::Embedder;
+pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
+pub use ingest::{CaptionRules, DecodeLimits, PairText};
+pub use kb::{AddOutcome, Builder, CheckReport, ImageSource, ImportReport, KbConfig, KnowledgeBase, NewPair, Pair, Progress, Stats};
+pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, SearchMode};
+pub use store::records::ImageId;
+pub use text::Filters;
+pub use vector::HnswParams;

@@ -1,1 +1,414 @@
-fn main() {}
+//! The `reimagen` command line: parses arguments, calls the library, prints. No logic of its own
+//! beyond presentation (tables, JSON, progress bars, exit codes).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use reimagen::{
+    AddOutcome, FusionWeights, Hit, KnowledgeBase, NewPair, PairText, Query, QueryImage, SearchMode,
+};
+
+/// An embedded knowledge base of image-text pairs with retrieval (BM25, CLIP, hybrid).
+#[derive(Parser)]
+#[command(name = "reimagen", version, about)]
+struct Cli {
+    /// Knowledge-base directory [default: $REIMAGEN_KB, else the XDG data directory].
+    #[arg(long, global = true, env = "REIMAGEN_KB")]
+    kb: Option<PathBuf>,
+    /// Log more (repeat for more detail).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a knowledge base.
+    Init,
+    /// Add images. Without --caption, the caption rules of `import` apply.
+    Add {
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Caption for every image given.
+        #[arg(long, conflicts_with = "caption_file")]
+        caption: Option<String>,
+        /// Read the caption from this file.
+        #[arg(long)]
+        caption_file: Option<PathBuf>,
+        /// Entity the images show [default: the parent folder's name].
+        #[arg(long)]
+        entity: Option<String>,
+        /// Tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Print results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import every image under a folder (sidecar NAME.txt captions, else the file stem; the
+    /// parent folder is the entity).
+    Import {
+        /// The folder.
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search by text.
+    Search {
+        /// The query text.
+        query: String,
+        /// Retrieval mode.
+        #[arg(long, value_enum, default_value_t = SearchMode::Bm25)]
+        mode: SearchMode,
+        /// Number of hits.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Only this entity.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Only pairs with this tag (repeatable; all must match).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Keep the best hit per entity only.
+        #[arg(long)]
+        dedup: bool,
+        /// Drop CLIP hits below this cosine similarity.
+        #[arg(long)]
+        min_similarity: Option<f32>,
+        /// Weight of BM25 in hybrid mode.
+        #[arg(long, default_value_t = 1.0)]
+        bm25_weight: f32,
+        /// Weight of CLIP in hybrid mode.
+        #[arg(long, default_value_t = 1.0)]
+        clip_weight: f32,
+        /// Print hits as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find pairs whose image looks like IMAGE (a file, or the id of a pair).
+    Similar {
+        /// Image file or pair id.
+        image: String,
+        /// Number of hits.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Print hits as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one pair (full id or a unique prefix).
+    Show {
+        /// The id.
+        id: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every pair.
+    List {
+        /// Print as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove pairs by id (full or unique prefix).
+    Remove {
+        /// The ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Counts and sizes.
+    Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify that the indices match the store; exit 1 if they do not.
+    Check {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild every index from the store.
+    RebuildIndex,
+    /// Write a compacted copy of the KB to DEST (a new or empty folder).
+    Backup {
+        /// Destination folder.
+        dest: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info,tantivy=warn,hnsw_rs=warn",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REIMAGEN_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_kb_dir() -> PathBuf {
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("reimagen").join("kb")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = cli.kb.clone().unwrap_or_else(default_kb_dir);
+    if let Command::Init = cli.command {
+        let existed = dir.join("kb.toml").exists();
+        let kb = KnowledgeBase::create(&dir)?;
+        println!("{} knowledge base at {}", if existed { "Opened existing" } else { "Created" }, kb.path().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let kb = KnowledgeBase::open(&dir).with_context(|| format!("opening knowledge base {}", dir.display()))?;
+    match cli.command {
+        Command::Init => unreachable!("handled above"),
+        Command::Add { images, caption, caption_file, entity, tags, json } => {
+            add(&kb, images, caption, caption_file, entity, tags, json)
+        }
+        Command::Import { dir, json } => import(&kb, &dir, json),
+        Command::Search { query, mode, k, entity, tags, dedup, min_similarity, bm25_weight, clip_weight, json } => {
+            let mut q = Query::text(query).mode(mode).k(k).dedup_entity(dedup).weights(FusionWeights {
+                bm25: bm25_weight,
+                clip: clip_weight,
+                ..FusionWeights::default()
+            });
+            if let Some(e) = entity {
+                q = q.entity(e);
+            }
+            for t in tags {
+                q = q.tag(t);
+            }
+            if let Some(floor) = min_similarity {
+                q = q.min_similarity(floor);
+            }
+            print_hits(&kb.search(&q)?, json)
+        }
+        Command::Similar { image, k, json } => {
+            let path = PathBuf::from(&image);
+            let source = if path.exists() { QueryImage::File(path) } else { QueryImage::Pair(kb.resolve(&image)?) };
+            print_hits(&kb.search(&Query::image(source).k(k))?, json)
+        }
+        Command::Show { id, json } => {
+            let id = kb.resolve(&id)?;
+            let pair = kb.get(&id)?.ok_or_else(|| reimagen::Error::NotFound(id.to_hex()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pair)?);
+            } else {
+                println!("id       {}", pair.id);
+                println!("caption  {}", pair.caption);
+                println!("entity   {}", pair.entity.as_deref().unwrap_or("-"));
+                println!("tags     {}", pair.tags.join(", "));
+                println!("image    {}×{} {} ({} bytes)", pair.width, pair.height, pair.format, pair.byte_len);
+                for p in &pair.paths {
+                    println!("path     {p}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { json } => {
+            let pairs = kb.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pairs)?);
+            } else {
+                for p in &pairs {
+                    println!("{}  {:<20}  {}", p.id.short(), p.entity.as_deref().unwrap_or("-"), p.caption);
+                }
+                eprintln!("{} pairs", pairs.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remove { ids } => {
+            let mut code = ExitCode::SUCCESS;
+            for raw in ids {
+                match kb.resolve(&raw).and_then(|id| kb.remove(&id).map(|found| (id, found))) {
+                    Ok((id, true)) => println!("removed {id}"),
+                    Ok((id, false)) => {
+                        eprintln!("error: no pair with id {id}");
+                        code = ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        code = ExitCode::FAILURE;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Command::Stats { json } => {
+            let s = kb.stats()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("knowledge base  {}", s.path.display());
+                println!("pairs           {}", s.pairs);
+                println!("entities        {}", s.entities);
+                println!("embedder        {}", s.embedder.as_deref().unwrap_or("none (BM25 only)"));
+                println!("schema version  {}", s.schema_version);
+                println!("change log      {} changes", s.last_seq);
+                println!("store           {:.1} MiB on disk, map {:.0} MiB", s.disk_size as f64 / 1048576.0, s.map_size as f64 / 1048576.0);
+                println!("BM25 index      {} documents", s.text_index_docs);
+                println!("image index     {} points ({} tombstones)", s.image_index.points, s.image_index.tombstones);
+                println!("text vectors    {} points ({} tombstones)", s.text_vector_index.points, s.text_vector_index.tombstones);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { json } => {
+            let report = kb.check()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.is_consistent() {
+                println!("ok: {} pairs; store and indices agree", report.pairs);
+            } else {
+                for p in &report.problems {
+                    println!("mismatch: {p}");
+                }
+                println!("run `reimagen rebuild-index` to rebuild the indices from the store");
+            }
+            Ok(if report.is_consistent() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::RebuildIndex => {
+            let bar = spinner("rebuilding indices from the store");
+            kb.rebuild_indices()?;
+            bar.finish_and_clear();
+            let s = kb.stats()?;
+            println!("rebuilt: {} BM25 documents, {} image points, {} text points", s.text_index_docs, s.image_index.points, s.text_vector_index.points);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { dest } => {
+            kb.backup(&dest)?;
+            println!("backed up {} to {}", kb.path().display(), dest.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn add(
+    kb: &KnowledgeBase,
+    images: Vec<PathBuf>,
+    caption: Option<String>,
+    caption_file: Option<PathBuf>,
+    entity: Option<String>,
+    tags: Vec<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let caption = match (caption, caption_file) {
+        (Some(c), _) => Some(c),
+        (None, Some(f)) => {
+            let bytes = std::fs::read(&f).with_context(|| format!("{}: cannot read caption file", f.display()))?;
+            match String::from_utf8(bytes) {
+                Ok(s) => Some(s),
+                Err(_) => bail!("{}: caption file is not UTF-8", f.display()),
+            }
+        }
+        (None, None) => None,
+    };
+    let mut pairs = Vec::new();
+    let mut results: Vec<(PathBuf, Result<AddOutcome, String>)> = Vec::new();
+    for image in &images {
+        let text = match &caption {
+            Some(c) => Ok(PairText { caption: c.clone(), entity: None, tags: Vec::new() }),
+            None => reimagen::ingest::caption_for_file(image, &reimagen::CaptionRules::default()),
+        };
+        match text {
+            Ok(mut text) => {
+                if entity.is_some() {
+                    text.entity = entity.clone();
+                } else if text.entity.is_none() {
+                    text.entity = reimagen::ingest::caption_for_file(image, &Default::default()).ok().and_then(|t| t.entity);
+                }
+                text.tags.extend(tags.iter().cloned());
+                pairs.push(NewPair { image: reimagen::ImageSource::File(image.clone()), text });
+            }
+            Err(e) => results.push((image.clone(), Err(e.to_string()))),
+        }
+    }
+    let names: Vec<PathBuf> = pairs
+        .iter()
+        .map(|p| match &p.image {
+            reimagen::ImageSource::File(f) => f.clone(),
+            reimagen::ImageSource::Bytes { name, .. } => PathBuf::from(name),
+        })
+        .collect();
+    for (name, r) in names.into_iter().zip(kb.add_many(pairs)) {
+        results.push((name, r.map_err(|e| e.to_string())));
+    }
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    if json {
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(path, r)| match r {
+                Ok(AddOutcome::Added(id)) => serde_json::json!({"path": path, "status": "added", "id": id.to_hex()}),
+                Ok(AddOutcome::Duplicate(id)) => serde_json::json!({"path": path, "status": "duplicate", "id": id.to_hex()}),
+                Err(e) => serde_json::json!({"path": path, "status": "error", "error": e}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for (path, r) in &results {
+            match r {
+                Ok(AddOutcome::Added(id)) => println!("added {}  {}", id.short(), path.display()),
+                Ok(AddOutcome::Duplicate(id)) => println!("already present as {}  {}", id.short(), path.display()),
+                Err(e) => eprintln!("error: {e}"),
+            }
+        }
+    }
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn import(kb: &KnowledgeBase, dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})").expect("valid template").progress_chars("=> "));
+    let report = kb.import_dir(dir, &|p| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    })?;
+    bar.finish_and_clear();
+    if json {
+        let failed: Vec<serde_json::Value> = report.failed.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"added": report.added, "duplicates": report.duplicates, "failed": failed}))?);
+    } else {
+        for (path, e) in &report.failed {
+            let _ = path;
+            eprintln!("skipped: {e}");
+        }
+        println!("imported {} new pairs ({} already present, {} refused)", report.added, report.duplicates, report.failed.len());
+    }
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(hits)?);
+    } else if hits.is_empty() {
+        println!("no hits");
+    } else {
+        for (i, h) in hits.iter().enumerate() {
+            let sources: Vec<String> = h.provenance.iter().map(|p| format!("{:?}#{}", p.retriever, p.rank).to_lowercase()).collect();
+            println!("{:>2}. {}  {:>8.4}  {:<18} {}  [{}]", i + 1, h.id.short(), h.score, h.entity.as_deref().unwrap_or("-"), h.caption, sources.join(" "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spinner(message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}

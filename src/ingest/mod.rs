@@ -1,0 +1,122 @@
+//! Turning user files into pairs: read, decode under limits, hash, caption.
+//!
+//! Everything here is pure and runs on many threads at once (rayon); nothing here writes to the
+//! store (the writer does). The caption rules are shared by `import` and the daemon.
+
+pub mod caption;
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{DynamicImage, ImageFormat, ImageReader};
+
+use crate::error::IngestError;
+use crate::store::records::ImageId;
+
+pub use caption::{CaptionRules, PairText, caption_for_file};
+
+/// Extensions `import` and the daemon treat as images.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "webp", "bmp"];
+
+/// Whether a path names an image by its extension (case-insensitive).
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// Limits applied before and while decoding anything a user dropped.
+///
+/// By default: files up to 64 MiB, images up to 8192×8192 pixels, and at most 512 MiB allocated
+/// by the decoder (a small PNG can claim gigabytes when decoded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest file read, in bytes.
+    pub max_file_bytes: u64,
+    /// Widest image accepted, in pixels.
+    pub max_width: u32,
+    /// Tallest image accepted, in pixels.
+    pub max_height: u32,
+    /// Most memory the decoder may allocate, in bytes.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_file_bytes: 64 << 20, max_width: 8192, max_height: 8192, max_alloc: 512 << 20 }
+    }
+}
+
+/// An image that decoded cleanly.
+#[derive(Debug)]
+pub struct DecodedImage {
+    /// Content hash of `bytes`.
+    pub id: ImageId,
+    /// The file's bytes, unchanged.
+    pub bytes: Vec<u8>,
+    /// The decoded pixels.
+    pub image: DynamicImage,
+    /// Format name (`png`, `jpeg`, …).
+    pub format: String,
+}
+
+/// Reads a file, refusing it before reading when it is over the size limit.
+pub fn read_image_file(path: &Path, limits: &DecodeLimits) -> Result<DecodedImage, IngestError> {
+    let read_err = |source| IngestError::Read { path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(IngestError::BadImage { path: path.to_path_buf(), reason: "not a regular file".into() });
+    }
+    if meta.len() > limits.max_file_bytes {
+        return Err(IngestError::TooLarge {
+            path: path.to_path_buf(),
+            reason: format!("file is {} bytes, over the limit of {}", meta.len(), limits.max_file_bytes),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    decode_image(path, bytes, limits)
+}
+
+/// Decodes image bytes under `limits`; `name` is only used in errors.
+pub fn decode_image(name: &Path, bytes: Vec<u8>, limits: &DecodeLimits) -> Result<DecodedImage, IngestError> {
+    let bad = |reason: String| IngestError::BadImage { path: name.to_path_buf(), reason };
+    if bytes.is_empty() {
+        return Err(bad("the file is empty".into()));
+    }
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(IngestError::TooLarge {
+            path: name.to_path_buf(),
+            reason: format!("{} bytes, over the limit of {}", bytes.len(), limits.max_file_bytes),
+        });
+    }
+    let mut reader = ImageReader::new(Cursor::new(&bytes[..])).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    let Some(format) = reader.format() else {
+        return Err(bad("unrecognised image format (content is not PNG, JPEG, GIF, WebP or BMP)".into()));
+    };
+    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::WebP | ImageFormat::Bmp) {
+        return Err(bad(format!("unsupported image format {format:?}")));
+    }
+    let mut image_limits = image::Limits::default();
+    image_limits.max_image_width = Some(limits.max_width);
+    image_limits.max_image_height = Some(limits.max_height);
+    image_limits.max_alloc = Some(limits.max_alloc);
+    reader.limits(image_limits);
+    let image = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(l) => IngestError::TooLarge {
+            path: name.to_path_buf(),
+            reason: format!(
+                "{l} (limits: {}×{} pixels, {} MiB decoded)",
+                limits.max_width,
+                limits.max_height,
+                limits.max_alloc >> 20
+            ),
+        },
+        other => bad(other.to_string()),
+    })?;
+    Ok(DecodedImage {
+        id: ImageId::of_bytes(&bytes),
+        bytes,
+        image,
+        format: format.extensions_str().first().copied().unwrap_or("image").to_string(),
+    })
+}

@@ -1,0 +1,859 @@
+//! [`KnowledgeBase`]: the one entry point that ties store, indices, ingest and search together.
+//!
+//! A KB directory holds `store/` (LMDB, the truth), `text-index/` and `vector-index/` (derived,
+//! rebuilt when damaged) and `kb.toml`. Opening takes an exclusive lock file, so one process
+//! owns a KB at a time.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::embed::Embedder;
+use crate::error::{Error, IngestError, ModelError, Result, StoreError, io_err};
+use crate::ingest::{self, CaptionRules, DecodeLimits, DecodedImage, PairText};
+use crate::search::{self, Hit, Query, QueryImage, Ranked, Retriever, SearchMode};
+use crate::store::Store;
+use crate::store::records::{Change, EmbeddingKind, ImageId, PairRecord, PathRecord};
+use crate::store::writer::{ChangeSink, NewRecord, WriteOp, WriteOutcome, Writer};
+use crate::text::{Filters, TextIndex};
+use crate::vector::{HnswParams, VectorCounts, VectorIndex};
+
+const CONFIG_FILE: &str = "kb.toml";
+const LOCK_FILE: &str = "kb.lock";
+
+/// The contents of `kb.toml`, written by `init`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KbConfig {
+    /// Format version of this file.
+    #[serde(default = "one")]
+    pub format: u32,
+    /// Folder of the embedder model (CLIP), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedder_model: Option<PathBuf>,
+    /// Folder of the generator model, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator_model: Option<PathBuf>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A pair to add.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewPair {
+    /// Where the image comes from.
+    pub image: ImageSource,
+    /// Caption, entity and tags.
+    pub text: PairText,
+}
+
+/// The image of a [`NewPair`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImageSource {
+    /// A file; its absolute path is recorded as one of the pair's paths.
+    File(PathBuf),
+    /// Bytes in memory; `name` is used in errors only.
+    Bytes {
+        /// A name for errors.
+        name: String,
+        /// The encoded image.
+        bytes: Vec<u8>,
+    },
+}
+
+impl NewPair {
+    /// A pair from an image file.
+    #[must_use]
+    pub fn file(path: impl Into<PathBuf>, caption: impl Into<String>) -> NewPair {
+        NewPair { image: ImageSource::File(path.into()), text: PairText { caption: caption.into(), ..PairText::default() } }
+    }
+
+    /// A pair from encoded image bytes.
+    #[must_use]
+    pub fn bytes(name: impl Into<String>, bytes: Vec<u8>, caption: impl Into<String>) -> NewPair {
+        NewPair {
+            image: ImageSource::Bytes { name: name.into(), bytes },
+            text: PairText { caption: caption.into(), ..PairText::default() },
+        }
+    }
+
+    /// Sets the entity.
+    #[must_use]
+    pub fn entity(mut self, entity: impl Into<String>) -> NewPair {
+        self.text.entity = Some(entity.into());
+        self
+    }
+
+    /// Adds a tag.
+    #[must_use]
+    pub fn tag(mut self, tag: impl Into<String>) -> NewPair {
+        self.text.tags.push(tag.into());
+        self
+    }
+
+    fn name(&self) -> PathBuf {
+        match &self.image {
+            ImageSource::File(p) => p.clone(),
+            ImageSource::Bytes { name, .. } => PathBuf::from(name),
+        }
+    }
+}
+
+/// What [`KnowledgeBase::add`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// A new pair.
+    Added(ImageId),
+    /// The image was already in the KB, under this id; nothing changed but the path record.
+    Duplicate(ImageId),
+}
+
+impl AddOutcome {
+    /// The pair's id either way.
+    pub fn id(&self) -> ImageId {
+        match self {
+            AddOutcome::Added(id) | AddOutcome::Duplicate(id) => *id,
+        }
+    }
+}
+
+/// A pair as read back.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Pair {
+    /// The pair's id.
+    #[serde(serialize_with = "search::hex_id")]
+    pub id: ImageId,
+    /// Caption.
+    pub caption: String,
+    /// Entity.
+    pub entity: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Image format.
+    pub format: String,
+    /// Image size in bytes.
+    pub byte_len: u64,
+    /// Seconds since the epoch when added.
+    pub added_at: u64,
+    /// Files known to hold the image.
+    pub paths: Vec<String>,
+}
+
+/// Counts and sizes of a KB.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stats {
+    /// KB directory.
+    pub path: PathBuf,
+    /// Number of pairs.
+    pub pairs: u64,
+    /// Number of distinct entities.
+    pub entities: u64,
+    /// Last change-log sequence.
+    pub last_seq: u64,
+    /// Store schema version.
+    pub schema_version: u32,
+    /// Embedder id recorded in the store.
+    pub embedder: Option<String>,
+    /// LMDB map size in bytes.
+    pub map_size: usize,
+    /// LMDB file size in bytes.
+    pub disk_size: u64,
+    /// Documents in the BM25 index.
+    pub text_index_docs: usize,
+    /// Image-embedding index counts.
+    pub image_index: VectorCounts,
+    /// Text-embedding index counts.
+    pub text_vector_index: VectorCounts,
+}
+
+/// The result of a store ↔ index consistency check.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CheckReport {
+    /// Pairs in the store.
+    pub pairs: u64,
+    /// What does not match; empty when consistent.
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    /// True when store and indices agree.
+    pub fn is_consistent(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Progress of a long operation, for a progress bar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Items done.
+    pub done: u64,
+    /// Items in all.
+    pub total: u64,
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ImportReport {
+    /// New pairs.
+    pub added: usize,
+    /// Images already present.
+    pub duplicates: usize,
+    /// Files refused, each with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// The derived indices, fed by the writer after every commit.
+pub(crate) struct Indices {
+    pub text: TextIndex,
+    pub image: VectorIndex,
+    pub text_vectors: VectorIndex,
+}
+
+impl Indices {
+    fn dump(&self, store: &Store, force: bool) -> Result<()> {
+        self.image.dump(store, force)?;
+        self.text_vectors.dump(store, force)
+    }
+
+    fn rebuild(&self, store: &Store) -> Result<()> {
+        self.text.rebuild(store)?;
+        self.image.rebuild(store)?;
+        self.text_vectors.rebuild(store)?;
+        self.dump(store, true)
+    }
+}
+
+struct Sink(Arc<Indices>);
+
+impl ChangeSink for Sink {
+    fn apply(&mut self, store: &Store, changes: &[Change]) {
+        // The store has committed; an index that fails here is behind and replays on next open.
+        if let Err(e) = self.0.text.apply(store, changes) {
+            tracing::error!("text index update failed (it will catch up on next open): {e}");
+        }
+        for index in [&self.0.image, &self.0.text_vectors] {
+            if let Err(e) = index.apply(store, changes) {
+                tracing::error!("vector index update failed (it will catch up on next open): {e}");
+            }
+            if index.wants_dump()
+                && let Err(e) = index.dump(store, false)
+            {
+                tracing::error!("vector index dump failed: {e}");
+            }
+        }
+    }
+}
+
+/// Options for opening a knowledge base. Get one from [`KnowledgeBase::builder`].
+///
+/// By default: no embedder (BM25 only), [`DecodeLimits::default`], [`CaptionRules::default`],
+/// [`HnswParams::default`], and the KB must already exist (see [`Builder::create`]).
+#[must_use]
+pub struct Builder {
+    dir: PathBuf,
+    create: bool,
+    embedder: Option<Arc<dyn Embedder>>,
+    limits: DecodeLimits,
+    captions: CaptionRules,
+    hnsw: HnswParams,
+}
+
+impl Builder {
+    /// Creates the KB when the directory holds none.
+    pub fn create(mut self, create: bool) -> Builder {
+        self.create = create;
+        self
+    }
+
+    /// Uses this embedder for images and query texts.
+    pub fn embedder(mut self, embedder: Arc<dyn Embedder>) -> Builder {
+        self.embedder = Some(embedder);
+        self
+    }
+
+    /// Sets the decode limits for images.
+    pub fn decode_limits(mut self, limits: DecodeLimits) -> Builder {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the caption rules.
+    pub fn caption_rules(mut self, rules: CaptionRules) -> Builder {
+        self.captions = rules;
+        self
+    }
+
+    /// Sets the HNSW parameters.
+    pub fn hnsw(mut self, params: HnswParams) -> Builder {
+        self.hnsw = params;
+        self
+    }
+
+    /// Opens the KB: locks it, migrates the store, and brings every index up to the store.
+    pub fn open(self) -> Result<KnowledgeBase> {
+        let dir = self.dir;
+        let config_path = dir.join(CONFIG_FILE);
+        let config = if config_path.exists() {
+            let raw = fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
+            toml::from_str(&raw).map_err(|e| Error::Config { path: config_path.clone(), reason: e.to_string() })?
+        } else if self.create {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let config = KbConfig { format: 1, ..KbConfig::default() };
+            fs::write(&config_path, toml::to_string(&config).expect("config serializes")).map_err(io_err(&config_path))?;
+            config
+        } else {
+            return Err(Error::Config {
+                path: dir.clone(),
+                reason: "no knowledge base here (no kb.toml); run `reimagen init` first".into(),
+            });
+        };
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked { path: dir.clone(), lock: lock_path }.into());
+        }
+        let store = Arc::new(Store::open(&dir.join("store"))?);
+        if let Some(embedder) = &self.embedder {
+            let rtxn = store.read()?;
+            if let Some(stored) = store.embedder_id(&rtxn)?
+                && stored != embedder.id()
+            {
+                return Err(ModelError::EmbedderMismatch { stored, given: embedder.id() }.into());
+            }
+        }
+        let vectors = dir.join("vector-index");
+        fs::create_dir_all(&vectors).map_err(io_err(&vectors))?;
+        let indices = Arc::new(Indices {
+            text: TextIndex::open(&dir.join("text-index"), &store)?,
+            image: VectorIndex::open(&vectors, EmbeddingKind::Image, self.hnsw, &store)?,
+            text_vectors: VectorIndex::open(&vectors, EmbeddingKind::Text, self.hnsw, &store)?,
+        });
+        let writer = Writer::spawn(store.clone(), Box::new(Sink(indices.clone())));
+        Ok(KnowledgeBase {
+            dir,
+            config,
+            store,
+            indices,
+            writer: Some(writer),
+            embedder: self.embedder,
+            limits: self.limits,
+            captions: self.captions,
+            _lock: lock,
+        })
+    }
+}
+
+/// An embedded knowledge base of image-text pairs.
+///
+/// Cheap to share across threads by reference (`&KnowledgeBase` is `Sync`); all writes funnel
+/// into one writer thread. Dropping it stops the writer and saves the vector indices.
+pub struct KnowledgeBase {
+    dir: PathBuf,
+    config: KbConfig,
+    store: Arc<Store>,
+    indices: Arc<Indices>,
+    writer: Option<Writer>,
+    embedder: Option<Arc<dyn Embedder>>,
+    limits: DecodeLimits,
+    captions: CaptionRules,
+    _lock: fs::File,
+}
+
+impl Drop for KnowledgeBase {
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Err(e) = self.indices.dump(&self.store, false) {
+            tracing::error!("saving the vector indices failed (they will be rebuilt on open): {e}");
+        }
+    }
+}
+
+impl KnowledgeBase {
+    /// Options for opening or creating the KB in `dir`.
+    pub fn builder(dir: impl Into<PathBuf>) -> Builder {
+        Builder {
+            dir: dir.into(),
+            create: false,
+            embedder: None,
+            limits: DecodeLimits::default(),
+            captions: CaptionRules::default(),
+            hnsw: HnswParams::default(),
+        }
+    }
+
+    /// Opens an existing KB with the default options.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<KnowledgeBase> {
+        Self::builder(dir).open()
+    }
+
+    /// Opens the KB in `dir`, creating it if it does not exist.
+    pub fn create(dir: impl Into<PathBuf>) -> Result<KnowledgeBase> {
+        Self::builder(dir).create(true).open()
+    }
+
+    /// The KB directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The KB's `kb.toml`.
+    pub fn config(&self) -> &KbConfig {
+        &self.config
+    }
+
+    fn writer(&self) -> &Writer {
+        self.writer.as_ref().expect("the writer lives as long as the KB")
+    }
+
+    /// Adds one pair. A caption is cleaned (whitespace collapsed) and checked; the image is
+    /// decoded under the limits; a duplicate image returns the existing id.
+    pub fn add(&self, pair: NewPair) -> Result<AddOutcome> {
+        self.add_many(vec![pair]).pop().expect("one result per pair")
+    }
+
+    /// Adds many pairs: decoding, hashing and embedding run in parallel, and the writes share
+    /// transactions. Results come back in input order; a bad pair does not stop the others.
+    pub fn add_many(&self, pairs: Vec<NewPair>) -> Vec<Result<AddOutcome>> {
+        let prepared: Vec<Result<NewRecord>> = pairs.into_par_iter().map(|p| self.prepare(p)).collect();
+        let mut slots: Vec<Option<Result<AddOutcome>>> = Vec::with_capacity(prepared.len());
+        let mut ops = Vec::new();
+        for p in prepared {
+            match p {
+                Ok(record) => {
+                    ops.push(WriteOp::Add(Box::new(record)));
+                    slots.push(None);
+                }
+                Err(e) => slots.push(Some(Err(e))),
+            }
+        }
+        let mut outcomes = self.writer().submit_many(ops).into_iter();
+        slots
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| match outcomes.next().expect("one outcome per op") {
+                    Ok(WriteOutcome::Added { id, .. }) => Ok(AddOutcome::Added(id)),
+                    Ok(WriteOutcome::Duplicate { id }) => Ok(AddOutcome::Duplicate(id)),
+                    Ok(other) => unreachable!("add answered {other:?}"),
+                    Err(e) => Err(e.into()),
+                })
+            })
+            .collect()
+    }
+
+    fn prepare(&self, pair: NewPair) -> Result<NewRecord> {
+        let name = pair.name();
+        let caption = self.captions.clean(&pair.text.caption, &name)?;
+        let entity = match &pair.text.entity {
+            Some(e) => Some(self.captions.clean(e, &name).map_err(|_| IngestError::BadCaption {
+                path: name.clone(),
+                reason: "the entity name is empty or invalid".into(),
+            })?),
+            None => None,
+        };
+        let tags: Vec<String> = pair.text.tags.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+        let (decoded, path) = match pair.image {
+            ImageSource::File(path) => {
+                let decoded = ingest::read_image_file(&path, &self.limits)?;
+                let record = path_record(&path, decoded.id)?;
+                (decoded, Some(record))
+            }
+            ImageSource::Bytes { bytes, .. } => (ingest::decode_image(&name, bytes, &self.limits)?, None),
+        };
+        let DecodedImage { id, bytes, image, format } = decoded;
+        let mut embeddings = Vec::new();
+        if let Some(embedder) = &self.embedder {
+            embeddings.push((EmbeddingKind::Image, embedder.embed_image(&image)?));
+            embeddings.push((EmbeddingKind::Text, embedder.embed_text(&caption)?));
+        }
+        Ok(NewRecord {
+            pair: PairRecord {
+                id,
+                doc: 0,
+                caption,
+                entity,
+                tags,
+                width: image.width(),
+                height: image.height(),
+                format,
+                byte_len: bytes.len() as u64,
+                added_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            },
+            image: bytes,
+            embeddings,
+            path,
+            embedder: self.embedder.as_ref().map(|e| e.id()),
+        })
+    }
+
+    /// Imports every image under `dir` (recursively, not following links) with the caption
+    /// rules: a sidecar `NAME.txt`, else the file stem; the parent folder is the entity.
+    /// `progress` is called after each batch.
+    pub fn import_dir(&self, dir: &Path, progress: &dyn Fn(Progress)) -> Result<ImportReport> {
+        let mut files = Vec::new();
+        collect_images(dir, &mut files)?;
+        files.sort();
+        let total = files.len() as u64;
+        let mut report = ImportReport::default();
+        let mut done = 0;
+        progress(Progress { done, total });
+        for chunk in files.chunks(256) {
+            let mut pairs = Vec::new();
+            for path in chunk {
+                match ingest::caption_for_file(path, &self.captions) {
+                    Ok(text) => pairs.push(NewPair { image: ImageSource::File(path.clone()), text }),
+                    Err(e) => report.failed.push((path.clone(), e.to_string())),
+                }
+            }
+            let names: Vec<PathBuf> = pairs.iter().map(NewPair::name).collect();
+            for (name, result) in names.into_iter().zip(self.add_many(pairs)) {
+                match result {
+                    Ok(AddOutcome::Added(_)) => report.added += 1,
+                    Ok(AddOutcome::Duplicate(_)) => report.duplicates += 1,
+                    Err(e) => report.failed.push((name, e.to_string())),
+                }
+            }
+            done += chunk.len() as u64;
+            progress(Progress { done, total });
+        }
+        Ok(report)
+    }
+
+    /// Finds the id a full id or a unique prefix (at least 4 hex digits) names.
+    pub fn resolve(&self, id_or_prefix: &str) -> Result<ImageId> {
+        let s = id_or_prefix.trim().to_ascii_lowercase();
+        if s.len() < 4 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::NotFound(id_or_prefix.to_string()));
+        }
+        let rtxn = self.store.read()?;
+        let ids = self.store.ids_with_prefix(&rtxn, &s, 2)?;
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(Error::NotFound(id_or_prefix.to_string())),
+            _ => Err(Error::Ambiguous(id_or_prefix.to_string())),
+        }
+    }
+
+    /// A pair by id.
+    pub fn get(&self, id: &ImageId) -> Result<Option<Pair>> {
+        let rtxn = self.store.read()?;
+        let Some(record) = self.store.pair(&rtxn, id)? else { return Ok(None) };
+        let paths = self.store.paths_of(&rtxn, id)?;
+        Ok(Some(pair_of(record, paths)))
+    }
+
+    /// The image bytes of a pair, as they were added.
+    pub fn image_bytes(&self, id: &ImageId) -> Result<Option<Vec<u8>>> {
+        let rtxn = self.store.read()?;
+        Ok(self.store.image_bytes(&rtxn, id)?)
+    }
+
+    /// Every pair, in id order.
+    pub fn list(&self) -> Result<Vec<Pair>> {
+        let rtxn = self.store.read()?;
+        let records = self.store.all_pairs(&rtxn)?;
+        records
+            .into_iter()
+            .map(|r| {
+                let paths = self.store.paths_of(&rtxn, &r.id)?;
+                Ok(pair_of(r, paths))
+            })
+            .collect()
+    }
+
+    /// Removes a pair; false when there was none.
+    pub fn remove(&self, id: &ImageId) -> Result<bool> {
+        match self.writer().submit(WriteOp::Remove { id: *id })? {
+            WriteOutcome::Removed { .. } => Ok(true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Replaces a pair's caption, entity and tags; false when there is no such pair.
+    pub fn update(&self, id: &ImageId, text: PairText) -> Result<bool> {
+        let name = PathBuf::from(id.to_hex());
+        let caption = self.captions.clean(&text.caption, &name)?;
+        let text_embedding = match &self.embedder {
+            Some(e) => Some(e.embed_text(&caption)?),
+            None => None,
+        };
+        let op = WriteOp::Update { id: *id, caption, entity: text.entity, tags: text.tags, text_embedding };
+        Ok(matches!(self.writer().submit(op)?, WriteOutcome::Updated { .. }))
+    }
+
+    /// Records that the file at `path` holds the pair `id` (a second copy, or a file renamed
+    /// without its content changing): the pair itself is untouched.
+    pub fn set_path(&self, path: &Path, id: &ImageId) -> Result<()> {
+        let record = path_record(path, *id)?;
+        self.writer().submit(WriteOp::SetPath(record))?;
+        Ok(())
+    }
+
+    /// Forgets the file at `path`. With `remove_orphan`, a pair that no other known file holds is
+    /// removed too; its id is returned.
+    pub fn remove_path(&self, path: &Path, remove_orphan: bool) -> Result<Option<ImageId>> {
+        let text = std::path::absolute(path).map_err(io_err(path))?;
+        let text = text.to_str().ok_or_else(|| IngestError::NonUtf8Name { path: path.to_path_buf() })?.to_string();
+        match self.writer().submit(WriteOp::RemovePath { path: text, remove_orphan })? {
+            WriteOutcome::PathRemoved { removed_pair } => Ok(removed_pair),
+            _ => Ok(None),
+        }
+    }
+
+    /// Searches; see [`Query`] for the modes and options.
+    pub fn search(&self, query: &Query) -> Result<Vec<Hit>> {
+        if query.k == 0 {
+            return Ok(Vec::new());
+        }
+        // Fetch more than k when hits will be dropped after ranking (de-duplication, fusion).
+        let fetch = if query.dedup_entity || query.mode == SearchMode::Hybrid { (query.k * 4).max(40) } else { query.k };
+        let text = || query.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| Error::Query(format!("`{}` search needs a query text", query.mode)));
+        let lists: Vec<(Retriever, f32, Ranked)> = match query.mode {
+            SearchMode::Bm25 => vec![(Retriever::Bm25, 1.0, self.indices.text.search(text()?, &query.filters, fetch)?)],
+            SearchMode::Clip => vec![(Retriever::Clip, 1.0, self.clip_search(text()?, query, fetch)?)],
+            SearchMode::Image => {
+                let image = query.image.as_ref().ok_or_else(|| Error::Query("`image` search needs a query image".into()))?;
+                vec![(Retriever::Image, 1.0, self.image_search(image, query, fetch)?)]
+            }
+            SearchMode::Hybrid => vec![
+                (Retriever::Bm25, query.weights.bm25, self.indices.text.search(text()?, &query.filters, fetch)?),
+                (Retriever::Clip, query.weights.clip, self.clip_search(text()?, query, fetch)?),
+            ],
+        };
+        let ranked: Vec<(ImageId, f32, Vec<search::Provenance>)> = if lists.len() == 1 {
+            let (retriever, _, list) = &lists[0];
+            list.iter()
+                .enumerate()
+                .map(|(i, (id, s))| (*id, *s, vec![search::Provenance { retriever: *retriever, rank: i + 1, score: *s }]))
+                .collect()
+        } else {
+            search::fuse(&lists, query.weights.rrf_k)
+        };
+        let rtxn = self.store.read()?;
+        let mut seen_entities = HashSet::new();
+        let mut hits = Vec::with_capacity(query.k);
+        for (id, score, provenance) in ranked {
+            let Some(record) = self.store.pair(&rtxn, &id)? else { continue };
+            if query.dedup_entity
+                && let Some(entity) = &record.entity
+                && !seen_entities.insert(entity.to_lowercase())
+            {
+                continue;
+            }
+            let paths = self.store.paths_of(&rtxn, &id)?;
+            hits.push(Hit {
+                id,
+                caption: record.caption,
+                entity: record.entity,
+                tags: record.tags,
+                paths,
+                score,
+                provenance,
+            });
+            if hits.len() == query.k {
+                break;
+            }
+        }
+        Ok(hits)
+    }
+
+    fn embedder_for(&self, mode: SearchMode) -> Result<&Arc<dyn Embedder>> {
+        self.embedder.as_ref().ok_or_else(|| ModelError::NoEmbedder { mode: mode.to_string() }.into())
+    }
+
+    fn clip_search(&self, text: &str, query: &Query, fetch: usize) -> Result<Ranked> {
+        let vector = self.embedder_for(query.mode)?.embed_text(text)?;
+        self.vector_search(&self.indices.image, &vector, true, query, fetch)
+    }
+
+    fn image_search(&self, image: &QueryImage, query: &Query, fetch: usize) -> Result<Ranked> {
+        let embedder = self.embedder_for(query.mode)?;
+        let vector = match image {
+            QueryImage::File(path) => embedder.embed_image(&ingest::read_image_file(path, &self.limits)?.image)?,
+            QueryImage::Pair(id) => {
+                let rtxn = self.store.read()?;
+                match self.store.embedding(&rtxn, id, EmbeddingKind::Image)? {
+                    Some(v) => v,
+                    None => return Err(Error::NotFound(id.to_hex())),
+                }
+            }
+        };
+        self.vector_search(&self.indices.image, &vector, false, query, fetch)
+    }
+
+    fn vector_search(&self, index: &VectorIndex, vector: &[f32], cross: bool, query: &Query, fetch: usize) -> Result<Ranked> {
+        let rtxn = self.store.read()?;
+        let filters: &Filters = &query.filters;
+        let accept = |doc: u64| -> bool {
+            if filters.is_empty() {
+                return true;
+            }
+            let pair = self.store.id_of_doc(&rtxn, doc).ok().flatten().and_then(|id| self.store.pair(&rtxn, &id).ok().flatten());
+            pair.is_some_and(|p| filters.accepts(&p))
+        };
+        let found = index.search(vector, fetch, cross, &accept);
+        let floor = query.min_similarity.unwrap_or(f32::NEG_INFINITY);
+        let mut out = Vec::with_capacity(found.len());
+        for (doc, similarity) in found {
+            if similarity < floor {
+                continue;
+            }
+            if let Some(id) = self.store.id_of_doc(&rtxn, doc)? {
+                out.push((id, similarity));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Result<Stats> {
+        let rtxn = self.store.read()?;
+        let pairs = self.store.all_pairs(&rtxn)?;
+        let entities: HashSet<String> = pairs.iter().filter_map(|p| p.entity.as_ref().map(|e| e.to_lowercase())).collect();
+        let (map_size, disk_size) = self.store.sizes();
+        Ok(Stats {
+            path: self.dir.clone(),
+            pairs: pairs.len() as u64,
+            entities: entities.len() as u64,
+            last_seq: self.store.last_seq(&rtxn)?,
+            schema_version: self.store.schema_version(&rtxn)?,
+            embedder: self.store.embedder_id(&rtxn)?,
+            map_size,
+            disk_size,
+            text_index_docs: self.indices.text.all_ids()?.len(),
+            image_index: self.indices.image.counts(),
+            text_vector_index: self.indices.text_vectors.counts(),
+        })
+    }
+
+    /// Verifies that the indices hold exactly what the store holds.
+    pub fn check(&self) -> Result<CheckReport> {
+        // Let queued writes land first, so the check sees one state.
+        self.writer().with_sink(|_, _| ())?;
+        let rtxn = self.store.read()?;
+        let last_seq = self.store.last_seq(&rtxn)?;
+        let pairs = self.store.all_pairs(&rtxn)?;
+        let mut report = CheckReport { pairs: pairs.len() as u64, problems: Vec::new() };
+        let store_ids: Vec<ImageId> = pairs.iter().map(|p| p.id).collect();
+        for pair in &pairs {
+            if self.store.id_of_doc(&rtxn, pair.doc)? != Some(pair.id) {
+                report.problems.push(format!("pair {} has doc {} but the docs table disagrees", pair.id.short(), pair.doc));
+            }
+            if self.store.image_bytes(&rtxn, &pair.id)?.is_none() {
+                report.problems.push(format!("pair {} has no image bytes", pair.id.short()));
+            }
+        }
+        let text_ids = self.indices.text.all_ids()?;
+        if text_ids != store_ids {
+            let missing = store_ids.iter().filter(|id| text_ids.binary_search(id).is_err()).count();
+            let extra = text_ids.iter().filter(|id| store_ids.binary_search(id).is_err()).count();
+            report.problems.push(format!(
+                "text index holds {} documents for {} pairs ({missing} missing, {extra} extra or duplicated)",
+                text_ids.len(),
+                store_ids.len()
+            ));
+        }
+        let text_seq = self.indices.text.applied_seq()?;
+        if text_seq != last_seq {
+            report.problems.push(format!("text index is at sequence {text_seq}, store at {last_seq}"));
+        }
+        for (name, index, kind) in [
+            ("image", &self.indices.image, EmbeddingKind::Image),
+            ("text-vector", &self.indices.text_vectors, EmbeddingKind::Text),
+        ] {
+            let mut expected = Vec::new();
+            for pair in &pairs {
+                if self.store.embedding(&rtxn, &pair.id, kind)?.is_some() {
+                    expected.push(pair.doc);
+                }
+            }
+            expected.sort_unstable();
+            let live = index.live_docs();
+            if live != expected {
+                report.problems.push(format!("{name} index has {} live points, store has {} embeddings", live.len(), expected.len()));
+            }
+            let seq = index.counts().seq;
+            if seq != last_seq {
+                report.problems.push(format!("{name} index is at sequence {seq}, store at {last_seq}"));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Rebuilds every index from the store.
+    pub fn rebuild_indices(&self) -> Result<()> {
+        self.writer().with_sink({
+            let indices = self.indices.clone();
+            move |store, _| indices.rebuild(store)
+        })?
+    }
+
+    /// Saves the vector indices now (they are also saved on drop and every few thousand changes).
+    pub fn flush(&self) -> Result<()> {
+        self.writer().with_sink({
+            let indices = self.indices.clone();
+            move |store, _| indices.dump(store, false)
+        })?
+    }
+
+    /// Writes a compacted copy of the store and the KB's `kb.toml` into `dest`, which must not
+    /// exist or be empty. The copy opens as a KB; its indices are rebuilt on first open.
+    pub fn backup(&self, dest: &Path) -> Result<()> {
+        if dest.exists() && fs::read_dir(dest).map_err(io_err(dest))?.next().is_some() {
+            return Err(Error::Config { path: dest.to_path_buf(), reason: "backup destination exists and is not empty".into() });
+        }
+        self.store.backup_to(&dest.join("store"))?;
+        let src = self.dir.join(CONFIG_FILE);
+        fs::copy(&src, dest.join(CONFIG_FILE)).map_err(io_err(&src))?;
+        Ok(())
+    }
+}
+
+fn pair_of(r: PairRecord, paths: Vec<String>) -> Pair {
+    Pair {
+        id: r.id,
+        caption: r.caption,
+        entity: r.entity,
+        tags: r.tags,
+        width: r.width,
+        height: r.height,
+        format: r.format,
+        byte_len: r.byte_len,
+        added_at: r.added_at,
+        paths,
+    }
+}
+
+/// The path record of a file: its absolute path (UTF-8 only), size and mtime.
+pub(crate) fn path_record(path: &Path, id: ImageId) -> Result<PathRecord, IngestError> {
+    let read_err = |source| IngestError::Read { path: path.to_path_buf(), source };
+    let absolute = std::path::absolute(path).map_err(read_err)?;
+    let text = absolute.to_str().ok_or_else(|| IngestError::NonUtf8Name { path: path.to_path_buf() })?;
+    let meta = fs::metadata(path).map_err(read_err)?;
+    let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    Ok(PathRecord { path: text.to_string(), id, size: meta.len(), mtime_ns })
+}
+
+/// Image files under `dir`, recursively; symlinks are not followed.
+fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let kind = entry.file_type().map_err(io_err(entry.path()))?;
+        let path = entry.path();
+        if kind.is_dir() {
+            collect_images(&path, out)?;
+        } else if kind.is_file() && ingest::is_image_path(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
