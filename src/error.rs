@@ -141,7 +141,9 @@ pub enum ModelError {
         mode: String,
     },
     /// The KB holds embeddings of another model.
-    #[error("knowledge base embeddings are from `{stored}`, but the embedder given is `{given}`; run rebuild-index with the new embedder or use the same model")]
+    #[error(
+        "knowledge base embeddings are from `{stored}`, but the embedder given is `{given}`; run rebuild-index with the new embedder or use the same model"
+    )]
     EmbedderMismatch {
         /// The embedder id recorded in the store.
         stored: String,

@@ -18,7 +18,9 @@ use crate::error::{Error, IngestError, ModelError, Result, StoreError, io_err};
 use crate::ingest::{self, CaptionRules, DecodeLimits, DecodedImage, PairText};
 use crate::search::{self, Hit, Query, QueryImage, Ranked, Retriever, SearchMode};
 use crate::store::Store;
-use crate::store::records::{Change, EmbeddingKind, ImageId, PairRecord, PathRecord};
+use crate::store::records::{
+    Change, EmbeddingKind, ImageId, PairRecord, PathRecord, QuarantineRecord,
+};
 use crate::store::writer::{ChangeSink, NewRecord, WriteOp, WriteOutcome, Writer};
 use crate::text::{Filters, TextIndex};
 use crate::vector::{HnswParams, VectorCounts, VectorIndex};
@@ -71,15 +73,27 @@ impl NewPair {
     /// A pair from an image file.
     #[must_use]
     pub fn file(path: impl Into<PathBuf>, caption: impl Into<String>) -> NewPair {
-        NewPair { image: ImageSource::File(path.into()), text: PairText { caption: caption.into(), ..PairText::default() } }
+        NewPair {
+            image: ImageSource::File(path.into()),
+            text: PairText {
+                caption: caption.into(),
+                ..PairText::default()
+            },
+        }
     }
 
     /// A pair from encoded image bytes.
     #[must_use]
     pub fn bytes(name: impl Into<String>, bytes: Vec<u8>, caption: impl Into<String>) -> NewPair {
         NewPair {
-            image: ImageSource::Bytes { name: name.into(), bytes },
-            text: PairText { caption: caption.into(), ..PairText::default() },
+            image: ImageSource::Bytes {
+                name: name.into(),
+                bytes,
+            },
+            text: PairText {
+                caption: caption.into(),
+                ..PairText::default()
+            },
         }
     }
 
@@ -305,11 +319,21 @@ impl Builder {
         let config_path = dir.join(CONFIG_FILE);
         let config = if config_path.exists() {
             let raw = fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
-            toml::from_str(&raw).map_err(|e| Error::Config { path: config_path.clone(), reason: e.to_string() })?
+            toml::from_str(&raw).map_err(|e| Error::Config {
+                path: config_path.clone(),
+                reason: e.to_string(),
+            })?
         } else if self.create {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            let config = KbConfig { format: 1, ..KbConfig::default() };
-            fs::write(&config_path, toml::to_string(&config).expect("config serializes")).map_err(io_err(&config_path))?;
+            let config = KbConfig {
+                format: 1,
+                ..KbConfig::default()
+            };
+            fs::write(
+                &config_path,
+                toml::to_string(&config).expect("config serializes"),
+            )
+            .map_err(io_err(&config_path))?;
             config
         } else {
             return Err(Error::Config {
@@ -318,9 +342,18 @@ impl Builder {
             });
         };
         let lock_path = dir.join(LOCK_FILE);
-        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
         if lock.try_lock().is_err() {
-            return Err(StoreError::Locked { path: dir.clone(), lock: lock_path }.into());
+            return Err(StoreError::Locked {
+                path: dir.clone(),
+                lock: lock_path,
+            }
+            .into());
         }
         let store = Arc::new(Store::open(&dir.join("store"))?);
         if let Some(embedder) = &self.embedder {
@@ -328,7 +361,11 @@ impl Builder {
             if let Some(stored) = store.embedder_id(&rtxn)?
                 && stored != embedder.id()
             {
-                return Err(ModelError::EmbedderMismatch { stored, given: embedder.id() }.into());
+                return Err(ModelError::EmbedderMismatch {
+                    stored,
+                    given: embedder.id(),
+                }
+                .into());
             }
         }
         let vectors = dir.join("vector-index");
@@ -412,19 +449,24 @@ impl KnowledgeBase {
     }
 
     fn writer(&self) -> &Writer {
-        self.writer.as_ref().expect("the writer lives as long as the KB")
+        self.writer
+            .as_ref()
+            .expect("the writer lives as long as the KB")
     }
 
     /// Adds one pair. A caption is cleaned (whitespace collapsed) and checked; the image is
     /// decoded under the limits; a duplicate image returns the existing id.
     pub fn add(&self, pair: NewPair) -> Result<AddOutcome> {
-        self.add_many(vec![pair]).pop().expect("one result per pair")
+        self.add_many(vec![pair])
+            .pop()
+            .expect("one result per pair")
     }
 
     /// Adds many pairs: decoding, hashing and embedding run in parallel, and the writes share
     /// transactions. Results come back in input order; a bad pair does not stop the others.
     pub fn add_many(&self, pairs: Vec<NewPair>) -> Vec<Result<AddOutcome>> {
-        let prepared: Vec<Result<NewRecord>> = pairs.into_par_iter().map(|p| self.prepare(p)).collect();
+        let prepared: Vec<Result<NewRecord>> =
+            pairs.into_par_iter().map(|p| self.prepare(p)).collect();
         let mut slots: Vec<Option<Result<AddOutcome>>> = Vec::with_capacity(prepared.len());
         let mut ops = Vec::new();
         for p in prepared {
@@ -454,22 +496,41 @@ impl KnowledgeBase {
         let name = pair.name();
         let caption = self.captions.clean(&pair.text.caption, &name)?;
         let entity = match &pair.text.entity {
-            Some(e) => Some(self.captions.clean(e, &name).map_err(|_| IngestError::BadCaption {
-                path: name.clone(),
-                reason: "the entity name is empty or invalid".into(),
-            })?),
+            Some(e) => {
+                Some(
+                    self.captions
+                        .clean(e, &name)
+                        .map_err(|_| IngestError::BadCaption {
+                            path: name.clone(),
+                            reason: "the entity name is empty or invalid".into(),
+                        })?,
+                )
+            }
             None => None,
         };
-        let tags: Vec<String> = pair.text.tags.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+        let tags: Vec<String> = pair
+            .text
+            .tags
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
         let (decoded, path) = match pair.image {
             ImageSource::File(path) => {
                 let decoded = ingest::read_image_file(&path, &self.limits)?;
                 let record = path_record(&path, decoded.id)?;
                 (decoded, Some(record))
             }
-            ImageSource::Bytes { bytes, .. } => (ingest::decode_image(&name, bytes, &self.limits)?, None),
+            ImageSource::Bytes { bytes, .. } => {
+                (ingest::decode_image(&name, bytes, &self.limits)?, None)
+            }
         };
-        let DecodedImage { id, bytes, image, format } = decoded;
+        let DecodedImage {
+            id,
+            bytes,
+            image,
+            format,
+        } = decoded;
         let mut embeddings = Vec::new();
         if let Some(embedder) = &self.embedder {
             embeddings.push((EmbeddingKind::Image, embedder.embed_image(&image)?));
@@ -486,8 +547,11 @@ impl KnowledgeBase {
                 height: image.height(),
                 format,
                 byte_len: bytes.len() as u64,
-                added_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                added_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
             },
+            thumbnail: ingest::thumbnail(&image),
             image: bytes,
             embeddings,
             path,
@@ -510,7 +574,10 @@ impl KnowledgeBase {
             let mut pairs = Vec::new();
             for path in chunk {
                 match ingest::caption_for_file(path, &self.captions) {
-                    Ok(text) => pairs.push(NewPair { image: ImageSource::File(path.clone()), text }),
+                    Ok(text) => pairs.push(NewPair {
+                        image: ImageSource::File(path.clone()),
+                        text,
+                    }),
                     Err(e) => report.failed.push((path.clone(), e.to_string())),
                 }
             }
@@ -546,7 +613,9 @@ impl KnowledgeBase {
     /// A pair by id.
     pub fn get(&self, id: &ImageId) -> Result<Option<Pair>> {
         let rtxn = self.store.read()?;
-        let Some(record) = self.store.pair(&rtxn, id)? else { return Ok(None) };
+        let Some(record) = self.store.pair(&rtxn, id)? else {
+            return Ok(None);
+        };
         let paths = self.store.paths_of(&rtxn, id)?;
         Ok(Some(pair_of(record, paths)))
     }
@@ -555,6 +624,67 @@ impl KnowledgeBase {
     pub fn image_bytes(&self, id: &ImageId) -> Result<Option<Vec<u8>>> {
         let rtxn = self.store.read()?;
         Ok(self.store.image_bytes(&rtxn, id)?)
+    }
+
+    /// The PNG thumbnail of a pair (at most 128 pixels a side).
+    pub fn thumbnail(&self, id: &ImageId) -> Result<Option<Vec<u8>>> {
+        let rtxn = self.store.read()?;
+        Ok(self.store.thumbnail(&rtxn, id)?)
+    }
+
+    /// Records that a file was refused (it is retried only when its size or mtime change).
+    pub fn quarantine(&self, path: &Path, reason: &str) -> Result<()> {
+        let text = std::path::absolute(path)
+            .map_err(io_err(path))?
+            .to_string_lossy()
+            .into_owned();
+        let meta = fs::metadata(path).ok();
+        let record = QuarantineRecord {
+            path: text,
+            reason: reason.to_string(),
+            size: meta.as_ref().map_or(0, |m| m.len()),
+            mtime_ns: meta
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos()),
+            at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        self.writer().submit(WriteOp::Quarantine { record })?;
+        Ok(())
+    }
+
+    /// Lifts the quarantine of a file.
+    pub fn unquarantine(&self, path: &Path) -> Result<()> {
+        let text = std::path::absolute(path)
+            .map_err(io_err(path))?
+            .to_string_lossy()
+            .into_owned();
+        self.writer().submit(WriteOp::Unquarantine { path: text })?;
+        Ok(())
+    }
+
+    /// Every quarantined file with its reason.
+    pub fn quarantined(&self) -> Result<Vec<QuarantineRecord>> {
+        let rtxn = self.store.read()?;
+        Ok(self.store.quarantined(&rtxn)?)
+    }
+
+    /// What the store knows of a file: the pair it holds, with size and mtime at ingest.
+    pub fn path_info(&self, path: &Path) -> Result<Option<PathRecord>> {
+        let text = std::path::absolute(path).map_err(io_err(path))?;
+        let Some(text) = text.to_str() else {
+            return Ok(None);
+        };
+        let rtxn = self.store.read()?;
+        Ok(self.store.path_record(&rtxn, text)?)
+    }
+
+    /// Every file path the store knows, with the pair each holds.
+    pub fn paths(&self) -> Result<Vec<PathRecord>> {
+        let rtxn = self.store.read()?;
+        Ok(self.store.all_paths(&rtxn)?)
     }
 
     /// Every pair, in id order.
@@ -586,8 +716,17 @@ impl KnowledgeBase {
             Some(e) => Some(e.embed_text(&caption)?),
             None => None,
         };
-        let op = WriteOp::Update { id: *id, caption, entity: text.entity, tags: text.tags, text_embedding };
-        Ok(matches!(self.writer().submit(op)?, WriteOutcome::Updated { .. }))
+        let op = WriteOp::Update {
+            id: *id,
+            caption,
+            entity: text.entity,
+            tags: text.tags,
+            text_embedding,
+        };
+        Ok(matches!(
+            self.writer().submit(op)?,
+            WriteOutcome::Updated { .. }
+        ))
     }
 
     /// Records that the file at `path` holds the pair `id` (a second copy, or a file renamed
@@ -602,8 +741,16 @@ impl KnowledgeBase {
     /// removed too; its id is returned.
     pub fn remove_path(&self, path: &Path, remove_orphan: bool) -> Result<Option<ImageId>> {
         let text = std::path::absolute(path).map_err(io_err(path))?;
-        let text = text.to_str().ok_or_else(|| IngestError::NonUtf8Name { path: path.to_path_buf() })?.to_string();
-        match self.writer().submit(WriteOp::RemovePath { path: text, remove_orphan })? {
+        let text = text
+            .to_str()
+            .ok_or_else(|| IngestError::NonUtf8Name {
+                path: path.to_path_buf(),
+            })?
+            .to_string();
+        match self.writer().submit(WriteOp::RemovePath {
+            path: text,
+            remove_orphan,
+        })? {
             WriteOutcome::PathRemoved { removed_pair } => Ok(removed_pair),
             _ => Ok(None),
         }
@@ -615,25 +762,68 @@ impl KnowledgeBase {
             return Ok(Vec::new());
         }
         // Fetch more than k when hits will be dropped after ranking (de-duplication, fusion).
-        let fetch = if query.dedup_entity || query.mode == SearchMode::Hybrid { (query.k * 4).max(40) } else { query.k };
-        let text = || query.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| Error::Query(format!("`{}` search needs a query text", query.mode)));
+        let fetch = if query.dedup_entity || query.mode == SearchMode::Hybrid {
+            (query.k * 4).max(40)
+        } else {
+            query.k
+        };
+        let text = || {
+            query
+                .text
+                .as_deref()
+                .filter(|t| !t.trim().is_empty())
+                .ok_or_else(|| Error::Query(format!("`{}` search needs a query text", query.mode)))
+        };
         let lists: Vec<(Retriever, f32, Ranked)> = match query.mode {
-            SearchMode::Bm25 => vec![(Retriever::Bm25, 1.0, self.indices.text.search(text()?, &query.filters, fetch)?)],
-            SearchMode::Clip => vec![(Retriever::Clip, 1.0, self.clip_search(text()?, query, fetch)?)],
+            SearchMode::Bm25 => vec![(
+                Retriever::Bm25,
+                1.0,
+                self.indices.text.search(text()?, &query.filters, fetch)?,
+            )],
+            SearchMode::Clip => vec![(
+                Retriever::Clip,
+                1.0,
+                self.clip_search(text()?, query, fetch)?,
+            )],
             SearchMode::Image => {
-                let image = query.image.as_ref().ok_or_else(|| Error::Query("`image` search needs a query image".into()))?;
-                vec![(Retriever::Image, 1.0, self.image_search(image, query, fetch)?)]
+                let image = query
+                    .image
+                    .as_ref()
+                    .ok_or_else(|| Error::Query("`image` search needs a query image".into()))?;
+                vec![(
+                    Retriever::Image,
+                    1.0,
+                    self.image_search(image, query, fetch)?,
+                )]
             }
             SearchMode::Hybrid => vec![
-                (Retriever::Bm25, query.weights.bm25, self.indices.text.search(text()?, &query.filters, fetch)?),
-                (Retriever::Clip, query.weights.clip, self.clip_search(text()?, query, fetch)?),
+                (
+                    Retriever::Bm25,
+                    query.weights.bm25,
+                    self.indices.text.search(text()?, &query.filters, fetch)?,
+                ),
+                (
+                    Retriever::Clip,
+                    query.weights.clip,
+                    self.clip_search(text()?, query, fetch)?,
+                ),
             ],
         };
         let ranked: Vec<(ImageId, f32, Vec<search::Provenance>)> = if lists.len() == 1 {
             let (retriever, _, list) = &lists[0];
             list.iter()
                 .enumerate()
-                .map(|(i, (id, s))| (*id, *s, vec![search::Provenance { retriever: *retriever, rank: i + 1, score: *s }]))
+                .map(|(i, (id, s))| {
+                    (
+                        *id,
+                        *s,
+                        vec![search::Provenance {
+                            retriever: *retriever,
+                            rank: i + 1,
+                            score: *s,
+                        }],
+                    )
+                })
                 .collect()
         } else {
             search::fuse(&lists, query.weights.rrf_k)
@@ -642,7 +832,9 @@ impl KnowledgeBase {
         let mut seen_entities = HashSet::new();
         let mut hits = Vec::with_capacity(query.k);
         for (id, score, provenance) in ranked {
-            let Some(record) = self.store.pair(&rtxn, &id)? else { continue };
+            let Some(record) = self.store.pair(&rtxn, &id)? else {
+                continue;
+            };
             if query.dedup_entity
                 && let Some(entity) = &record.entity
                 && !seen_entities.insert(entity.to_lowercase())
@@ -667,7 +859,12 @@ impl KnowledgeBase {
     }
 
     fn embedder_for(&self, mode: SearchMode) -> Result<&Arc<dyn Embedder>> {
-        self.embedder.as_ref().ok_or_else(|| ModelError::NoEmbedder { mode: mode.to_string() }.into())
+        self.embedder.as_ref().ok_or_else(|| {
+            ModelError::NoEmbedder {
+                mode: mode.to_string(),
+            }
+            .into()
+        })
     }
 
     fn clip_search(&self, text: &str, query: &Query, fetch: usize) -> Result<Ranked> {
@@ -678,7 +875,9 @@ impl KnowledgeBase {
     fn image_search(&self, image: &QueryImage, query: &Query, fetch: usize) -> Result<Ranked> {
         let embedder = self.embedder_for(query.mode)?;
         let vector = match image {
-            QueryImage::File(path) => embedder.embed_image(&ingest::read_image_file(path, &self.limits)?.image)?,
+            QueryImage::File(path) => {
+                embedder.embed_image(&ingest::read_image_file(path, &self.limits)?.image)?
+            }
             QueryImage::Pair(id) => {
                 let rtxn = self.store.read()?;
                 match self.store.embedding(&rtxn, id, EmbeddingKind::Image)? {
@@ -690,14 +889,26 @@ impl KnowledgeBase {
         self.vector_search(&self.indices.image, &vector, false, query, fetch)
     }
 
-    fn vector_search(&self, index: &VectorIndex, vector: &[f32], cross: bool, query: &Query, fetch: usize) -> Result<Ranked> {
+    fn vector_search(
+        &self,
+        index: &VectorIndex,
+        vector: &[f32],
+        cross: bool,
+        query: &Query,
+        fetch: usize,
+    ) -> Result<Ranked> {
         let rtxn = self.store.read()?;
         let filters: &Filters = &query.filters;
         let accept = |doc: u64| -> bool {
             if filters.is_empty() {
                 return true;
             }
-            let pair = self.store.id_of_doc(&rtxn, doc).ok().flatten().and_then(|id| self.store.pair(&rtxn, &id).ok().flatten());
+            let pair = self
+                .store
+                .id_of_doc(&rtxn, doc)
+                .ok()
+                .flatten()
+                .and_then(|id| self.store.pair(&rtxn, &id).ok().flatten());
             pair.is_some_and(|p| filters.accepts(&p))
         };
         let found = index.search(vector, fetch, cross, &accept);
@@ -718,7 +929,10 @@ impl KnowledgeBase {
     pub fn stats(&self) -> Result<Stats> {
         let rtxn = self.store.read()?;
         let pairs = self.store.all_pairs(&rtxn)?;
-        let entities: HashSet<String> = pairs.iter().filter_map(|p| p.entity.as_ref().map(|e| e.to_lowercase())).collect();
+        let entities: HashSet<String> = pairs
+            .iter()
+            .filter_map(|p| p.entity.as_ref().map(|e| e.to_lowercase()))
+            .collect();
         let (map_size, disk_size) = self.store.sizes();
         Ok(Stats {
             path: self.dir.clone(),
@@ -742,20 +956,35 @@ impl KnowledgeBase {
         let rtxn = self.store.read()?;
         let last_seq = self.store.last_seq(&rtxn)?;
         let pairs = self.store.all_pairs(&rtxn)?;
-        let mut report = CheckReport { pairs: pairs.len() as u64, problems: Vec::new() };
+        let mut report = CheckReport {
+            pairs: pairs.len() as u64,
+            problems: Vec::new(),
+        };
         let store_ids: Vec<ImageId> = pairs.iter().map(|p| p.id).collect();
         for pair in &pairs {
             if self.store.id_of_doc(&rtxn, pair.doc)? != Some(pair.id) {
-                report.problems.push(format!("pair {} has doc {} but the docs table disagrees", pair.id.short(), pair.doc));
+                report.problems.push(format!(
+                    "pair {} has doc {} but the docs table disagrees",
+                    pair.id.short(),
+                    pair.doc
+                ));
             }
             if self.store.image_bytes(&rtxn, &pair.id)?.is_none() {
-                report.problems.push(format!("pair {} has no image bytes", pair.id.short()));
+                report
+                    .problems
+                    .push(format!("pair {} has no image bytes", pair.id.short()));
             }
         }
         let text_ids = self.indices.text.all_ids()?;
         if text_ids != store_ids {
-            let missing = store_ids.iter().filter(|id| text_ids.binary_search(id).is_err()).count();
-            let extra = text_ids.iter().filter(|id| store_ids.binary_search(id).is_err()).count();
+            let missing = store_ids
+                .iter()
+                .filter(|id| text_ids.binary_search(id).is_err())
+                .count();
+            let extra = text_ids
+                .iter()
+                .filter(|id| store_ids.binary_search(id).is_err())
+                .count();
             report.problems.push(format!(
                 "text index holds {} documents for {} pairs ({missing} missing, {extra} extra or duplicated)",
                 text_ids.len(),
@@ -764,11 +993,17 @@ impl KnowledgeBase {
         }
         let text_seq = self.indices.text.applied_seq()?;
         if text_seq != last_seq {
-            report.problems.push(format!("text index is at sequence {text_seq}, store at {last_seq}"));
+            report.problems.push(format!(
+                "text index is at sequence {text_seq}, store at {last_seq}"
+            ));
         }
         for (name, index, kind) in [
             ("image", &self.indices.image, EmbeddingKind::Image),
-            ("text-vector", &self.indices.text_vectors, EmbeddingKind::Text),
+            (
+                "text-vector",
+                &self.indices.text_vectors,
+                EmbeddingKind::Text,
+            ),
         ] {
             let mut expected = Vec::new();
             for pair in &pairs {
@@ -779,11 +1014,17 @@ impl KnowledgeBase {
             expected.sort_unstable();
             let live = index.live_docs();
             if live != expected {
-                report.problems.push(format!("{name} index has {} live points, store has {} embeddings", live.len(), expected.len()));
+                report.problems.push(format!(
+                    "{name} index has {} live points, store has {} embeddings",
+                    live.len(),
+                    expected.len()
+                ));
             }
             let seq = index.counts().seq;
             if seq != last_seq {
-                report.problems.push(format!("{name} index is at sequence {seq}, store at {last_seq}"));
+                report.problems.push(format!(
+                    "{name} index is at sequence {seq}, store at {last_seq}"
+                ));
             }
         }
         Ok(report)
@@ -809,7 +1050,10 @@ impl KnowledgeBase {
     /// exist or be empty. The copy opens as a KB; its indices are rebuilt on first open.
     pub fn backup(&self, dest: &Path) -> Result<()> {
         if dest.exists() && fs::read_dir(dest).map_err(io_err(dest))?.next().is_some() {
-            return Err(Error::Config { path: dest.to_path_buf(), reason: "backup destination exists and is not empty".into() });
+            return Err(Error::Config {
+                path: dest.to_path_buf(),
+                reason: "backup destination exists and is not empty".into(),
+            });
         }
         self.store.backup_to(&dest.join("store"))?;
         let src = self.dir.join(CONFIG_FILE);
@@ -835,12 +1079,26 @@ fn pair_of(r: PairRecord, paths: Vec<String>) -> Pair {
 
 /// The path record of a file: its absolute path (UTF-8 only), size and mtime.
 pub(crate) fn path_record(path: &Path, id: ImageId) -> Result<PathRecord, IngestError> {
-    let read_err = |source| IngestError::Read { path: path.to_path_buf(), source };
+    let read_err = |source| IngestError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     let absolute = std::path::absolute(path).map_err(read_err)?;
-    let text = absolute.to_str().ok_or_else(|| IngestError::NonUtf8Name { path: path.to_path_buf() })?;
+    let text = absolute.to_str().ok_or_else(|| IngestError::NonUtf8Name {
+        path: path.to_path_buf(),
+    })?;
     let meta = fs::metadata(path).map_err(read_err)?;
-    let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    Ok(PathRecord { path: text.to_string(), id, size: meta.len(), mtime_ns })
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(PathRecord {
+        path: text.to_string(),
+        id,
+        size: meta.len(),
+        mtime_ns,
+    })
 }
 
 /// Image files under `dir`, recursively; symlinks are not followed.

@@ -40,8 +40,11 @@ pub mod vector;
 pub use embed::Embedder;
 pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
 pub use ingest::{CaptionRules, DecodeLimits, PairText};
-pub use kb::{AddOutcome, Builder, CheckReport, ImageSource, ImportReport, KbConfig, KnowledgeBase, NewPair, Pair, Progress, Stats};
+pub use kb::{
+    AddOutcome, Builder, CheckReport, ImageSource, ImportReport, KbConfig, KnowledgeBase, NewPair,
+    Pair, Progress, Stats,
+};
 pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, SearchMode};
-pub use store::records::ImageId;
+pub use store::records::{ImageId, PathRecord, QuarantineRecord};
 pub use text::Filters;
 pub use vector::HnswParams;

@@ -151,7 +151,10 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REIMAGEN_LOG").unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REIMAGEN_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -164,7 +167,10 @@ fn main() -> ExitCode {
 }
 
 fn default_kb_dir() -> PathBuf {
-    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("reimagen").join("kb")
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("reimagen")
+        .join("kb")
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -172,22 +178,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Init = cli.command {
         let existed = dir.join("kb.toml").exists();
         let kb = KnowledgeBase::create(&dir)?;
-        println!("{} knowledge base at {}", if existed { "Opened existing" } else { "Created" }, kb.path().display());
+        println!(
+            "{} knowledge base at {}",
+            if existed {
+                "Opened existing"
+            } else {
+                "Created"
+            },
+            kb.path().display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    let kb = KnowledgeBase::open(&dir).with_context(|| format!("opening knowledge base {}", dir.display()))?;
+    let kb = KnowledgeBase::open(&dir)
+        .with_context(|| format!("opening knowledge base {}", dir.display()))?;
     match cli.command {
         Command::Init => unreachable!("handled above"),
-        Command::Add { images, caption, caption_file, entity, tags, json } => {
-            add(&kb, images, caption, caption_file, entity, tags, json)
-        }
+        Command::Add {
+            images,
+            caption,
+            caption_file,
+            entity,
+            tags,
+            json,
+        } => add(&kb, images, caption, caption_file, entity, tags, json),
         Command::Import { dir, json } => import(&kb, &dir, json),
-        Command::Search { query, mode, k, entity, tags, dedup, min_similarity, bm25_weight, clip_weight, json } => {
-            let mut q = Query::text(query).mode(mode).k(k).dedup_entity(dedup).weights(FusionWeights {
-                bm25: bm25_weight,
-                clip: clip_weight,
-                ..FusionWeights::default()
-            });
+        Command::Search {
+            query,
+            mode,
+            k,
+            entity,
+            tags,
+            dedup,
+            min_similarity,
+            bm25_weight,
+            clip_weight,
+            json,
+        } => {
+            let mut q = Query::text(query)
+                .mode(mode)
+                .k(k)
+                .dedup_entity(dedup)
+                .weights(FusionWeights {
+                    bm25: bm25_weight,
+                    clip: clip_weight,
+                    ..FusionWeights::default()
+                });
             if let Some(e) = entity {
                 q = q.entity(e);
             }
@@ -201,12 +236,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Similar { image, k, json } => {
             let path = PathBuf::from(&image);
-            let source = if path.exists() { QueryImage::File(path) } else { QueryImage::Pair(kb.resolve(&image)?) };
+            let source = if path.exists() {
+                QueryImage::File(path)
+            } else {
+                QueryImage::Pair(kb.resolve(&image)?)
+            };
             print_hits(&kb.search(&Query::image(source).k(k))?, json)
         }
         Command::Show { id, json } => {
             let id = kb.resolve(&id)?;
-            let pair = kb.get(&id)?.ok_or_else(|| reimagen::Error::NotFound(id.to_hex()))?;
+            let pair = kb
+                .get(&id)?
+                .ok_or_else(|| reimagen::Error::NotFound(id.to_hex()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&pair)?);
             } else {
@@ -214,7 +255,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("caption  {}", pair.caption);
                 println!("entity   {}", pair.entity.as_deref().unwrap_or("-"));
                 println!("tags     {}", pair.tags.join(", "));
-                println!("image    {}×{} {} ({} bytes)", pair.width, pair.height, pair.format, pair.byte_len);
+                println!(
+                    "image    {}×{} {} ({} bytes)",
+                    pair.width, pair.height, pair.format, pair.byte_len
+                );
                 for p in &pair.paths {
                     println!("path     {p}");
                 }
@@ -227,7 +271,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&pairs)?);
             } else {
                 for p in &pairs {
-                    println!("{}  {:<20}  {}", p.id.short(), p.entity.as_deref().unwrap_or("-"), p.caption);
+                    println!(
+                        "{}  {:<20}  {}",
+                        p.id.short(),
+                        p.entity.as_deref().unwrap_or("-"),
+                        p.caption
+                    );
                 }
                 eprintln!("{} pairs", pairs.len());
             }
@@ -236,7 +285,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Remove { ids } => {
             let mut code = ExitCode::SUCCESS;
             for raw in ids {
-                match kb.resolve(&raw).and_then(|id| kb.remove(&id).map(|found| (id, found))) {
+                match kb
+                    .resolve(&raw)
+                    .and_then(|id| kb.remove(&id).map(|found| (id, found)))
+                {
                     Ok((id, true)) => println!("removed {id}"),
                     Ok((id, false)) => {
                         eprintln!("error: no pair with id {id}");
@@ -258,13 +310,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("knowledge base  {}", s.path.display());
                 println!("pairs           {}", s.pairs);
                 println!("entities        {}", s.entities);
-                println!("embedder        {}", s.embedder.as_deref().unwrap_or("none (BM25 only)"));
+                println!(
+                    "embedder        {}",
+                    s.embedder.as_deref().unwrap_or("none (BM25 only)")
+                );
                 println!("schema version  {}", s.schema_version);
                 println!("change log      {} changes", s.last_seq);
-                println!("store           {:.1} MiB on disk, map {:.0} MiB", s.disk_size as f64 / 1048576.0, s.map_size as f64 / 1048576.0);
+                println!(
+                    "store           {:.1} MiB on disk, map {:.0} MiB",
+                    s.disk_size as f64 / 1048576.0,
+                    s.map_size as f64 / 1048576.0
+                );
                 println!("BM25 index      {} documents", s.text_index_docs);
-                println!("image index     {} points ({} tombstones)", s.image_index.points, s.image_index.tombstones);
-                println!("text vectors    {} points ({} tombstones)", s.text_vector_index.points, s.text_vector_index.tombstones);
+                println!(
+                    "image index     {} points ({} tombstones)",
+                    s.image_index.points, s.image_index.tombstones
+                );
+                println!(
+                    "text vectors    {} points ({} tombstones)",
+                    s.text_vector_index.points, s.text_vector_index.tombstones
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -280,14 +345,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 println!("run `reimagen rebuild-index` to rebuild the indices from the store");
             }
-            Ok(if report.is_consistent() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.is_consistent() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::RebuildIndex => {
             let bar = spinner("rebuilding indices from the store");
             kb.rebuild_indices()?;
             bar.finish_and_clear();
             let s = kb.stats()?;
-            println!("rebuilt: {} BM25 documents, {} image points, {} text points", s.text_index_docs, s.image_index.points, s.text_vector_index.points);
+            println!(
+                "rebuilt: {} BM25 documents, {} image points, {} text points",
+                s.text_index_docs, s.image_index.points, s.text_vector_index.points
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { dest } => {
@@ -310,7 +382,8 @@ fn add(
     let caption = match (caption, caption_file) {
         (Some(c), _) => Some(c),
         (None, Some(f)) => {
-            let bytes = std::fs::read(&f).with_context(|| format!("{}: cannot read caption file", f.display()))?;
+            let bytes = std::fs::read(&f)
+                .with_context(|| format!("{}: cannot read caption file", f.display()))?;
             match String::from_utf8(bytes) {
                 Ok(s) => Some(s),
                 Err(_) => bail!("{}: caption file is not UTF-8", f.display()),
@@ -322,7 +395,11 @@ fn add(
     let mut results: Vec<(PathBuf, Result<AddOutcome, String>)> = Vec::new();
     for image in &images {
         let text = match &caption {
-            Some(c) => Ok(PairText { caption: c.clone(), entity: None, tags: Vec::new() }),
+            Some(c) => Ok(PairText {
+                caption: c.clone(),
+                entity: None,
+                tags: Vec::new(),
+            }),
             None => reimagen::ingest::caption_for_file(image, &reimagen::CaptionRules::default()),
         };
         match text {
@@ -330,10 +407,15 @@ fn add(
                 if entity.is_some() {
                     text.entity = entity.clone();
                 } else if text.entity.is_none() {
-                    text.entity = reimagen::ingest::caption_for_file(image, &Default::default()).ok().and_then(|t| t.entity);
+                    text.entity = reimagen::ingest::caption_for_file(image, &Default::default())
+                        .ok()
+                        .and_then(|t| t.entity);
                 }
                 text.tags.extend(tags.iter().cloned());
-                pairs.push(NewPair { image: reimagen::ImageSource::File(image.clone()), text });
+                pairs.push(NewPair {
+                    image: reimagen::ImageSource::File(image.clone()),
+                    text,
+                });
             }
             Err(e) => results.push((image.clone(), Err(e.to_string()))),
         }
@@ -353,8 +435,12 @@ fn add(
         let rows: Vec<serde_json::Value> = results
             .iter()
             .map(|(path, r)| match r {
-                Ok(AddOutcome::Added(id)) => serde_json::json!({"path": path, "status": "added", "id": id.to_hex()}),
-                Ok(AddOutcome::Duplicate(id)) => serde_json::json!({"path": path, "status": "duplicate", "id": id.to_hex()}),
+                Ok(AddOutcome::Added(id)) => {
+                    serde_json::json!({"path": path, "status": "added", "id": id.to_hex()})
+                }
+                Ok(AddOutcome::Duplicate(id)) => {
+                    serde_json::json!({"path": path, "status": "duplicate", "id": id.to_hex()})
+                }
                 Err(e) => serde_json::json!({"path": path, "status": "error", "error": e}),
             })
             .collect();
@@ -363,33 +449,63 @@ fn add(
         for (path, r) in &results {
             match r {
                 Ok(AddOutcome::Added(id)) => println!("added {}  {}", id.short(), path.display()),
-                Ok(AddOutcome::Duplicate(id)) => println!("already present as {}  {}", id.short(), path.display()),
+                Ok(AddOutcome::Duplicate(id)) => {
+                    println!("already present as {}  {}", id.short(), path.display())
+                }
                 Err(e) => eprintln!("error: {e}"),
             }
         }
     }
-    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn import(kb: &KnowledgeBase, dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} importing [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
     let report = kb.import_dir(dir, &|p| {
         bar.set_length(p.total);
         bar.set_position(p.done);
     })?;
     bar.finish_and_clear();
     if json {
-        let failed: Vec<serde_json::Value> = report.failed.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"added": report.added, "duplicates": report.duplicates, "failed": failed}))?);
+        let failed: Vec<serde_json::Value> = report
+            .failed
+            .iter()
+            .map(|(p, e)| serde_json::json!({"path": p, "error": e}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"added": report.added, "duplicates": report.duplicates, "failed": failed})
+            )?
+        );
     } else {
         for (path, e) in &report.failed {
             let _ = path;
             eprintln!("skipped: {e}");
         }
-        println!("imported {} new pairs ({} already present, {} refused)", report.added, report.duplicates, report.failed.len());
+        println!(
+            "imported {} new pairs ({} already present, {} refused)",
+            report.added,
+            report.duplicates,
+            report.failed.len()
+        );
     }
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<ExitCode> {
@@ -399,8 +515,20 @@ fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<ExitCode> {
         println!("no hits");
     } else {
         for (i, h) in hits.iter().enumerate() {
-            let sources: Vec<String> = h.provenance.iter().map(|p| format!("{:?}#{}", p.retriever, p.rank).to_lowercase()).collect();
-            println!("{:>2}. {}  {:>8.4}  {:<18} {}  [{}]", i + 1, h.id.short(), h.score, h.entity.as_deref().unwrap_or("-"), h.caption, sources.join(" "));
+            let sources: Vec<String> = h
+                .provenance
+                .iter()
+                .map(|p| format!("{:?}#{}", p.retriever, p.rank).to_lowercase())
+                .collect();
+            println!(
+                "{:>2}. {}  {:>8.4}  {:<18} {}  [{}]",
+                i + 1,
+                h.id.short(),
+                h.score,
+                h.entity.as_deref().unwrap_or("-"),
+                h.caption,
+                sources.join(" ")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

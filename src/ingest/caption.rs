@@ -25,17 +25,26 @@ impl CaptionRules {
     /// Cleans a caption (collapses whitespace) and refuses it when empty, too long or holding
     /// control characters. `path` names the file the caption belongs to, for the error.
     pub fn clean(&self, text: &str, path: &Path) -> Result<String, IngestError> {
-        let bad = |reason: String| IngestError::BadCaption { path: path.to_path_buf(), reason };
+        let bad = |reason: String| IngestError::BadCaption {
+            path: path.to_path_buf(),
+            reason,
+        };
         let cleaned = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if cleaned.is_empty() {
             return Err(bad("the caption is empty".into()));
         }
         if let Some(c) = cleaned.chars().find(|c| c.is_control()) {
-            return Err(bad(format!("the caption holds a control character (U+{:04X})", c as u32)));
+            return Err(bad(format!(
+                "the caption holds a control character (U+{:04X})",
+                c as u32
+            )));
         }
         let n = cleaned.chars().count();
         if n > self.max_chars {
-            return Err(bad(format!("the caption has {n} characters, over the limit of {}", self.max_chars)));
+            return Err(bad(format!(
+                "the caption has {n} characters, over the limit of {}",
+                self.max_chars
+            )));
         }
         Ok(cleaned)
     }
@@ -63,40 +72,75 @@ pub fn sidecar_path(image: &Path) -> PathBuf {
 /// `tags: a, b, c` the tags. Without a sidecar the caption is the file stem with `_` and `-` read
 /// as spaces. The entity defaults to the parent folder's name.
 pub fn caption_for_file(image: &Path, rules: &CaptionRules) -> Result<PairText, IngestError> {
-    let name_err = || IngestError::NonUtf8Name { path: image.to_path_buf() };
-    let stem = image.file_stem().ok_or_else(name_err)?.to_str().ok_or_else(name_err)?;
+    let name_err = || IngestError::NonUtf8Name {
+        path: image.to_path_buf(),
+    };
+    let stem = image
+        .file_stem()
+        .ok_or_else(name_err)?
+        .to_str()
+        .ok_or_else(name_err)?;
     let entity = image
         .parent()
         .and_then(|p| p.file_name())
-        .map(|n| n.to_str().map(str::to_string).ok_or_else(|| IngestError::NonUtf8Name { path: image.to_path_buf() }))
+        .map(|n| {
+            n.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| IngestError::NonUtf8Name {
+                    path: image.to_path_buf(),
+                })
+        })
         .transpose()?;
     let sidecar = sidecar_path(image);
     match std::fs::read(&sidecar) {
         Ok(bytes) => {
             let text = String::from_utf8(bytes).map_err(|e| IngestError::BadCaption {
                 path: sidecar.clone(),
-                reason: format!("the sidecar is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                reason: format!(
+                    "the sidecar is not UTF-8 (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
             })?;
             parse_sidecar(&text, &sidecar, entity, rules)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let caption = rules.clean(&stem.replace(['_', '-'], " "), image)?;
-            Ok(PairText { caption, entity, tags: Vec::new() })
+            Ok(PairText {
+                caption,
+                entity,
+                tags: Vec::new(),
+            })
         }
-        Err(source) => Err(IngestError::Read { path: sidecar, source }),
+        Err(source) => Err(IngestError::Read {
+            path: sidecar,
+            source,
+        }),
     }
 }
 
 /// Parses a sidecar's text (see [`caption_for_file`]).
-pub fn parse_sidecar(text: &str, sidecar: &Path, entity: Option<String>, rules: &CaptionRules) -> Result<PairText, IngestError> {
-    let mut out = PairText { entity, ..PairText::default() };
+pub fn parse_sidecar(
+    text: &str,
+    sidecar: &Path,
+    entity: Option<String>,
+    rules: &CaptionRules,
+) -> Result<PairText, IngestError> {
+    let mut out = PairText {
+        entity,
+        ..PairText::default()
+    };
     let mut caption = Vec::new();
     for line in text.lines() {
         if let Some(rest) = strip_key(line, "entity:") {
             let rest = rest.trim();
             out.entity = (!rest.is_empty()).then(|| rest.to_string());
         } else if let Some(rest) = strip_key(line, "tags:") {
-            out.tags = rest.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect();
+            out.tags = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect();
         } else {
             caption.push(line);
         }
@@ -107,5 +151,6 @@ pub fn parse_sidecar(text: &str, sidecar: &Path, entity: Option<String>, rules: 
 
 fn strip_key<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let trimmed = line.trim_start();
-    (trimmed.len() >= key.len() && trimmed[..key.len()].eq_ignore_ascii_case(key)).then(|| &trimmed[key.len()..])
+    (trimmed.len() >= key.len() && trimmed[..key.len()].eq_ignore_ascii_case(key))
+        .then(|| &trimmed[key.len()..])
 }

@@ -43,7 +43,12 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_file_bytes: 64 << 20, max_width: 8192, max_height: 8192, max_alloc: 512 << 20 }
+        DecodeLimits {
+            max_file_bytes: 64 << 20,
+            max_width: 8192,
+            max_height: 8192,
+            max_alloc: 512 << 20,
+        }
     }
 }
 
@@ -62,15 +67,25 @@ pub struct DecodedImage {
 
 /// Reads a file, refusing it before reading when it is over the size limit.
 pub fn read_image_file(path: &Path, limits: &DecodeLimits) -> Result<DecodedImage, IngestError> {
-    let read_err = |source| IngestError::Read { path: path.to_path_buf(), source };
+    let read_err = |source| IngestError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(read_err)?;
     if !meta.is_file() {
-        return Err(IngestError::BadImage { path: path.to_path_buf(), reason: "not a regular file".into() });
+        return Err(IngestError::BadImage {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
     }
     if meta.len() > limits.max_file_bytes {
         return Err(IngestError::TooLarge {
             path: path.to_path_buf(),
-            reason: format!("file is {} bytes, over the limit of {}", meta.len(), limits.max_file_bytes),
+            reason: format!(
+                "file is {} bytes, over the limit of {}",
+                meta.len(),
+                limits.max_file_bytes
+            ),
         });
     }
     let bytes = std::fs::read(path).map_err(read_err)?;
@@ -78,22 +93,44 @@ pub fn read_image_file(path: &Path, limits: &DecodeLimits) -> Result<DecodedImag
 }
 
 /// Decodes image bytes under `limits`; `name` is only used in errors.
-pub fn decode_image(name: &Path, bytes: Vec<u8>, limits: &DecodeLimits) -> Result<DecodedImage, IngestError> {
-    let bad = |reason: String| IngestError::BadImage { path: name.to_path_buf(), reason };
+pub fn decode_image(
+    name: &Path,
+    bytes: Vec<u8>,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, IngestError> {
+    let bad = |reason: String| IngestError::BadImage {
+        path: name.to_path_buf(),
+        reason,
+    };
     if bytes.is_empty() {
         return Err(bad("the file is empty".into()));
     }
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(IngestError::TooLarge {
             path: name.to_path_buf(),
-            reason: format!("{} bytes, over the limit of {}", bytes.len(), limits.max_file_bytes),
+            reason: format!(
+                "{} bytes, over the limit of {}",
+                bytes.len(),
+                limits.max_file_bytes
+            ),
         });
     }
-    let mut reader = ImageReader::new(Cursor::new(&bytes[..])).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    let mut reader = ImageReader::new(Cursor::new(&bytes[..]))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
     let Some(format) = reader.format() else {
-        return Err(bad("unrecognised image format (content is not PNG, JPEG, GIF, WebP or BMP)".into()));
+        return Err(bad(
+            "unrecognised image format (content is not PNG, JPEG, GIF, WebP or BMP)".into(),
+        ));
     };
-    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::WebP | ImageFormat::Bmp) {
+    if !matches!(
+        format,
+        ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::Gif
+            | ImageFormat::WebP
+            | ImageFormat::Bmp
+    ) {
         return Err(bad(format!("unsupported image format {format:?}")));
     }
     let mut image_limits = image::Limits::default();
@@ -117,6 +154,29 @@ pub fn decode_image(name: &Path, bytes: Vec<u8>, limits: &DecodeLimits) -> Resul
         id: ImageId::of_bytes(&bytes),
         bytes,
         image,
-        format: format.extensions_str().first().copied().unwrap_or("image").to_string(),
+        format: format
+            .extensions_str()
+            .first()
+            .copied()
+            .unwrap_or("image")
+            .to_string(),
     })
+}
+
+/// Longest side of a thumbnail, in pixels.
+pub const THUMBNAIL_SIZE: u32 = 128;
+
+/// A PNG thumbnail of at most [`THUMBNAIL_SIZE`] pixels a side, aspect ratio kept.
+pub fn thumbnail(image: &DynamicImage) -> Vec<u8> {
+    let small = if image.width() > THUMBNAIL_SIZE || image.height() > THUMBNAIL_SIZE {
+        image.thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    } else {
+        image.clone()
+    };
+    let mut png = Vec::new();
+    small
+        .to_rgba8()
+        .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+        .expect("encoding a PNG into memory cannot fail");
+    png
 }

@@ -64,7 +64,11 @@ pub struct FusionWeights {
 
 impl Default for FusionWeights {
     fn default() -> Self {
-        FusionWeights { bm25: 1.0, clip: 1.0, rrf_k: 60.0 }
+        FusionWeights {
+            bm25: 1.0,
+            clip: 1.0,
+            rrf_k: 60.0,
+        }
     }
 }
 
@@ -120,7 +124,12 @@ impl Query {
     /// An image query (image → image).
     #[must_use]
     pub fn image(image: QueryImage) -> Query {
-        Query { text: None, image: Some(image), mode: SearchMode::Image, ..Query::text("") }
+        Query {
+            text: None,
+            image: Some(image),
+            mode: SearchMode::Image,
+            ..Query::text("")
+        }
     }
 
     /// Sets the mode.
@@ -213,7 +222,10 @@ pub type Ranked = Vec<(ImageId, f32)>;
 
 /// Reciprocal-rank fusion of ranked lists: each list adds `weight / (rrf_k + rank)` to the ids it
 /// holds. Returns ids with fused score and provenance, best first; ties keep the earlier list's order.
-pub fn fuse(lists: &[(Retriever, f32, Ranked)], rrf_k: f32) -> Vec<(ImageId, f32, Vec<Provenance>)> {
+pub fn fuse(
+    lists: &[(Retriever, f32, Ranked)],
+    rrf_k: f32,
+) -> Vec<(ImageId, f32, Vec<Provenance>)> {
     let mut acc: HashMap<ImageId, (f32, Vec<Provenance>, usize)> = HashMap::new();
     let mut order = 0;
     for (retriever, weight, list) in lists {
@@ -224,12 +236,18 @@ pub fn fuse(lists: &[(Retriever, f32, Ranked)], rrf_k: f32) -> Vec<(ImageId, f32
                 (0.0, Vec::new(), order)
             });
             entry.0 += weight / (rrf_k + rank as f32);
-            entry.1.push(Provenance { retriever: *retriever, rank, score: *score });
+            entry.1.push(Provenance {
+                retriever: *retriever,
+                rank,
+                score: *score,
+            });
         }
     }
     let mut out: Vec<_> = acc.into_iter().collect();
     out.sort_by(|a, b| b.1.0.total_cmp(&a.1.0).then(a.1.2.cmp(&b.1.2)));
-    out.into_iter().map(|(id, (score, prov, _))| (id, score, prov)).collect()
+    out.into_iter()
+        .map(|(id, (score, prov, _))| (id, score, prov))
+        .collect()
 }
 
 #[cfg(test)]
@@ -244,7 +262,10 @@ mod tests {
     fn fusion_rewards_agreement_and_keeps_provenance() {
         let bm25 = vec![(id(1), 9.0), (id(2), 5.0)];
         let clip = vec![(id(2), 0.9), (id(3), 0.8)];
-        let fused = fuse(&[(Retriever::Bm25, 1.0, bm25), (Retriever::Clip, 1.0, clip)], 60.0);
+        let fused = fuse(
+            &[(Retriever::Bm25, 1.0, bm25), (Retriever::Clip, 1.0, clip)],
+            60.0,
+        );
         assert_eq!(fused[0].0, id(2), "found by both lists, so first");
         assert_eq!(fused[0].2.len(), 2);
         assert_eq!(fused.len(), 3);
@@ -255,7 +276,10 @@ mod tests {
     fn fusion_weights_shift_the_order() {
         let bm25 = vec![(id(1), 9.0)];
         let clip = vec![(id(2), 0.9)];
-        let fused = fuse(&[(Retriever::Bm25, 0.5, bm25), (Retriever::Clip, 2.0, clip)], 60.0);
+        let fused = fuse(
+            &[(Retriever::Bm25, 0.5, bm25), (Retriever::Clip, 2.0, clip)],
+            60.0,
+        );
         assert_eq!(fused[0].0, id(2));
     }
 }

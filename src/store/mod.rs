@@ -5,8 +5,8 @@
 //! thread in [`writer`]. The derived indices live elsewhere (`text/`, `vector/`) and only read
 //! from here.
 
-pub mod records;
 pub(crate) mod migrate;
+pub mod records;
 pub(crate) mod writer;
 
 use std::fs;
@@ -15,10 +15,12 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64, Unit};
-use heed::{CommitToken, Database, DatabaseOpener, Env, EnvOpenOptions, OnCommit, RoTxn, RwTxn, WithoutTls};
+use heed::{
+    CommitToken, Database, DatabaseOpener, Env, EnvOpenOptions, OnCommit, RoTxn, RwTxn, WithoutTls,
+};
 
 use crate::error::StoreError;
-use records::{Bincode, Change, F32Vec, IdKey, ImageId, PairRecord, PathRecord};
+use records::{Bincode, Change, F32Vec, IdKey, ImageId, PairRecord, PathRecord, QuarantineRecord};
 
 /// Names of the LMDB databases. A name, once released, is never reused for another meaning.
 pub mod db_name {
@@ -38,6 +40,10 @@ pub mod db_name {
     pub const CHANGE_LOG: &str = "change-log";
     /// Store-wide values: schema version, embedder id, counters.
     pub const META: &str = "meta";
+    /// PNG thumbnails by image id (schema v2).
+    pub const THUMBNAILS: &str = "thumbnails";
+    /// [`QuarantineRecord`](super::records::QuarantineRecord) by blake3 of the path (schema v2).
+    pub const QUARANTINE: &str = "quarantine";
 }
 
 /// Keys of the `meta` table.
@@ -60,10 +66,15 @@ pub(crate) struct Tables<'e> {
     pub docs: Database<'e, U64<BigEndian>, IdKey>,
     pub change_log: Database<'e, U64<BigEndian>, Bincode<Change>>,
     pub meta: Database<'e, Str, Bytes>,
+    pub thumbnails: Database<'e, IdKey, Bytes>,
+    pub quarantine: Database<'e, Bytes, Bincode<QuarantineRecord>>,
 }
 
 impl<'e> Tables<'e> {
-    pub(crate) fn create(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut RwTxn<'e>) -> heed::Result<Self> {
+    pub(crate) fn create(
+        opener: &DatabaseOpener<'e, WithoutTls>,
+        wtxn: &mut RwTxn<'e>,
+    ) -> heed::Result<Self> {
         Ok(Tables {
             pairs: opener.create_database(wtxn, Some(db_name::PAIRS))?,
             images: opener.create_database(wtxn, Some(db_name::IMAGES))?,
@@ -73,6 +84,8 @@ impl<'e> Tables<'e> {
             docs: opener.create_database(wtxn, Some(db_name::DOCS))?,
             change_log: opener.create_database(wtxn, Some(db_name::CHANGE_LOG))?,
             meta: opener.create_database(wtxn, Some(db_name::META))?,
+            thumbnails: opener.create_database(wtxn, Some(db_name::THUMBNAILS))?,
+            quarantine: opener.create_database(wtxn, Some(db_name::QUARANTINE))?,
         })
     }
 }
@@ -90,6 +103,8 @@ impl OnCommit for Tables<'_> {
             docs: self.docs.on_commit(token),
             change_log: self.change_log.on_commit(token),
             meta: self.meta.on_commit(token),
+            thumbnails: self.thumbnails.on_commit(token),
+            quarantine: self.quarantine.on_commit(token),
         }
     }
 }
@@ -127,10 +142,18 @@ impl<'s> std::ops::Deref for ReadView<'s> {
 impl Store {
     /// Opens (creating if needed) the store in `dir` and migrates it to the current schema.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
-        let file_len = fs::metadata(dir.join("data.mdb")).map(|m| m.len() as usize).unwrap_or(0);
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let file_len = fs::metadata(dir.join("data.mdb"))
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let map_size = round_to_page(INITIAL_MAP_SIZE.max(file_len.saturating_mul(2)));
-        let lmdb = |source| StoreError::Lmdb { path: dir.to_path_buf(), source };
+        let lmdb = |source| StoreError::Lmdb {
+            path: dir.to_path_buf(),
+            source,
+        };
         // SAFETY: the environment is opened once per KB directory in this process (the KB holds an
         // exclusive lock file), the directory is a local one we own, and nothing else maps
         // data.mdb with different options.
@@ -144,7 +167,12 @@ impl Store {
         }
         .map_err(lmdb)?;
         let tables = migrate::run(&env, dir)?;
-        Ok(Store { env, tables, path: dir.to_path_buf(), resize_lock: RwLock::new(()) })
+        Ok(Store {
+            env,
+            tables,
+            path: dir.to_path_buf(),
+            resize_lock: RwLock::new(()),
+        })
     }
 
     /// The store directory.
@@ -153,7 +181,10 @@ impl Store {
     }
 
     pub(crate) fn lmdb_err(&self, source: heed::Error) -> StoreError {
-        StoreError::Lmdb { path: self.path.clone(), source }
+        StoreError::Lmdb {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Starts a read transaction.
@@ -175,19 +206,30 @@ impl Store {
 
     /// A pair by id.
     pub fn pair(&self, rtxn: &RoTxn, id: &ImageId) -> Result<Option<PairRecord>, StoreError> {
-        self.tables.pairs.get(rtxn, id).map_err(|e| self.decode_err(db_name::PAIRS, id.to_hex(), e))
+        self.tables
+            .pairs
+            .get(rtxn, id)
+            .map_err(|e| self.decode_err(db_name::PAIRS, id.to_hex(), e))
     }
 
     fn decode_err(&self, table: &'static str, key: String, e: heed::Error) -> StoreError {
         match e {
-            heed::Error::Decoding(reason) => StoreError::Corrupt { table, key, reason: reason.to_string() },
+            heed::Error::Decoding(reason) => StoreError::Corrupt {
+                table,
+                key,
+                reason: reason.to_string(),
+            },
             other => self.lmdb_err(other),
         }
     }
 
     /// The embedder id recorded in the store, if any embedding was ever written.
     pub fn embedder_id(&self, rtxn: &RoTxn) -> Result<Option<String>, StoreError> {
-        let raw = self.tables.meta.get(rtxn, meta_key::EMBEDDER).map_err(|e| self.lmdb_err(e))?;
+        let raw = self
+            .tables
+            .meta
+            .get(rtxn, meta_key::EMBEDDER)
+            .map_err(|e| self.lmdb_err(e))?;
         Ok(raw.map(|b| String::from_utf8_lossy(b).into_owned()))
     }
 
@@ -198,22 +240,35 @@ impl Store {
 
     /// The store's schema version.
     pub fn schema_version(&self, rtxn: &RoTxn) -> Result<u32, StoreError> {
-        Ok(read_u64(&self.tables, rtxn, meta_key::SCHEMA_VERSION).map_err(|e| self.lmdb_err(e))? as u32)
+        Ok(
+            read_u64(&self.tables, rtxn, meta_key::SCHEMA_VERSION).map_err(|e| self.lmdb_err(e))?
+                as u32,
+        )
     }
 
     /// Change-log entries with sequence number greater than `after`, in order.
     pub fn changes_after(&self, rtxn: &RoTxn, after: u64) -> Result<Vec<Change>, StoreError> {
         let range = (std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded);
-        let iter = self.tables.change_log.range(rtxn, &range).map_err(|e| self.lmdb_err(e))?;
-        iter.map(|r| r.map(|(_, c)| c).map_err(|e| self.decode_err(db_name::CHANGE_LOG, after.to_string(), e)))
-            .collect()
+        let iter = self
+            .tables
+            .change_log
+            .range(rtxn, &range)
+            .map_err(|e| self.lmdb_err(e))?;
+        iter.map(|r| {
+            r.map(|(_, c)| c)
+                .map_err(|e| self.decode_err(db_name::CHANGE_LOG, after.to_string(), e))
+        })
+        .collect()
     }
 
     /// Every pair, in id order.
     pub fn all_pairs(&self, rtxn: &RoTxn) -> Result<Vec<PairRecord>, StoreError> {
         let iter = self.tables.pairs.iter(rtxn).map_err(|e| self.lmdb_err(e))?;
-        iter.map(|r| r.map(|(_, p)| p).map_err(|e| self.decode_err(db_name::PAIRS, "?".into(), e)))
-            .collect()
+        iter.map(|r| {
+            r.map(|(_, p)| p)
+                .map_err(|e| self.decode_err(db_name::PAIRS, "?".into(), e))
+        })
+        .collect()
     }
 
     /// Number of pairs.
@@ -223,7 +278,48 @@ impl Store {
 
     /// The image bytes of a pair.
     pub fn image_bytes(&self, rtxn: &RoTxn, id: &ImageId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tables.images.get(rtxn, id).map_err(|e| self.lmdb_err(e))?.map(<[u8]>::to_vec))
+        Ok(self
+            .tables
+            .images
+            .get(rtxn, id)
+            .map_err(|e| self.lmdb_err(e))?
+            .map(<[u8]>::to_vec))
+    }
+
+    /// The PNG thumbnail of a pair.
+    pub fn thumbnail(&self, rtxn: &RoTxn, id: &ImageId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tables
+            .thumbnails
+            .get(rtxn, id)
+            .map_err(|e| self.lmdb_err(e))?
+            .map(<[u8]>::to_vec))
+    }
+
+    /// Every quarantined file, in key order.
+    pub fn quarantined(&self, rtxn: &RoTxn) -> Result<Vec<QuarantineRecord>, StoreError> {
+        let iter = self
+            .tables
+            .quarantine
+            .iter(rtxn)
+            .map_err(|e| self.lmdb_err(e))?;
+        iter.map(|r| {
+            r.map(|(_, q)| q)
+                .map_err(|e| self.decode_err(db_name::QUARANTINE, "?".into(), e))
+        })
+        .collect()
+    }
+
+    /// The quarantine record of a path, if it is quarantined.
+    pub fn quarantine_record(
+        &self,
+        rtxn: &RoTxn,
+        path: &str,
+    ) -> Result<Option<QuarantineRecord>, StoreError> {
+        self.tables
+            .quarantine
+            .get(rtxn, &records::path_key(path))
+            .map_err(|e| self.lmdb_err(e))
     }
 
     /// An embedding of a pair.
@@ -234,21 +330,36 @@ impl Store {
         kind: records::EmbeddingKind,
     ) -> Result<Option<Vec<f32>>, StoreError> {
         let key = records::embedding_key(id, kind);
-        self.tables.embeddings.get(rtxn, &key).map_err(|e| self.decode_err(db_name::EMBEDDINGS, id.to_hex(), e))
+        self.tables
+            .embeddings
+            .get(rtxn, &key)
+            .map_err(|e| self.decode_err(db_name::EMBEDDINGS, id.to_hex(), e))
     }
 
     /// The id of the pair that currently has doc number `doc`.
     pub fn id_of_doc(&self, rtxn: &RoTxn, doc: u64) -> Result<Option<ImageId>, StoreError> {
-        self.tables.docs.get(rtxn, &doc).map_err(|e| self.lmdb_err(e))
+        self.tables
+            .docs
+            .get(rtxn, &doc)
+            .map_err(|e| self.lmdb_err(e))
     }
 
     /// The paths known for a pair.
     pub fn paths_of(&self, rtxn: &RoTxn, id: &ImageId) -> Result<Vec<String>, StoreError> {
-        let iter = self.tables.id_paths.prefix_iter(rtxn, &id.0).map_err(|e| self.lmdb_err(e))?;
+        let iter = self
+            .tables
+            .id_paths
+            .prefix_iter(rtxn, &id.0)
+            .map_err(|e| self.lmdb_err(e))?;
         let mut out = Vec::new();
         for entry in iter {
             let (key, ()) = entry.map_err(|e| self.lmdb_err(e))?;
-            if let Some(rec) = self.tables.paths.get(rtxn, &key[32..]).map_err(|e| self.lmdb_err(e))? {
+            if let Some(rec) = self
+                .tables
+                .paths
+                .get(rtxn, &key[32..])
+                .map_err(|e| self.lmdb_err(e))?
+            {
                 out.push(rec.path);
             }
         }
@@ -258,13 +369,17 @@ impl Store {
 
     /// The record of a path, if the store knows it.
     pub fn path_record(&self, rtxn: &RoTxn, path: &str) -> Result<Option<PathRecord>, StoreError> {
-        self.tables.paths.get(rtxn, &records::path_key(path)).map_err(|e| self.lmdb_err(e))
+        self.tables
+            .paths
+            .get(rtxn, &records::path_key(path))
+            .map_err(|e| self.lmdb_err(e))
     }
 
     /// Every known path, in key order.
     pub fn all_paths(&self, rtxn: &RoTxn) -> Result<Vec<PathRecord>, StoreError> {
         let iter = self.tables.paths.iter(rtxn).map_err(|e| self.lmdb_err(e))?;
-        iter.map(|r| r.map(|(_, p)| p).map_err(|e| self.lmdb_err(e))).collect()
+        iter.map(|r| r.map(|(_, p)| p).map_err(|e| self.lmdb_err(e)))
+            .collect()
     }
 
     /// Ids whose hex form starts with `prefix` (at most `limit`).
@@ -303,8 +418,10 @@ impl Store {
 
     /// A compacted copy of the store into `dest_dir` (which must not hold a store).
     pub fn backup_to(&self, dest_dir: &Path) -> Result<(), StoreError> {
-        fs::create_dir_all(dest_dir)
-            .map_err(|source| StoreError::Io { path: dest_dir.to_path_buf(), source })?;
+        fs::create_dir_all(dest_dir).map_err(|source| StoreError::Io {
+            path: dest_dir.to_path_buf(),
+            source,
+        })?;
         let _shared = self.resize_lock.read().unwrap_or_else(|e| e.into_inner());
         self.env
             .copy_to_path(dest_dir.join("data.mdb"), heed::CompactionOption::Enabled)
@@ -314,7 +431,10 @@ impl Store {
 
     /// Map size and on-disk size, in bytes.
     pub fn sizes(&self) -> (usize, u64) {
-        (self.env.info().map_size, self.env.real_disk_size().unwrap_or(0))
+        (
+            self.env.info().map_size,
+            self.env.real_disk_size().unwrap_or(0),
+        )
     }
 }
 
@@ -327,7 +447,12 @@ pub(crate) fn read_u64(tables: &Tables<'_>, rtxn: &RoTxn, key: &str) -> heed::Re
         .unwrap_or(0))
 }
 
-pub(crate) fn write_u64(tables: &Tables<'_>, wtxn: &mut RwTxn, key: &str, value: u64) -> heed::Result<()> {
+pub(crate) fn write_u64(
+    tables: &Tables<'_>,
+    wtxn: &mut RwTxn,
+    key: &str,
+    value: u64,
+) -> heed::Result<()> {
     tables.meta.put(wtxn, key, &value.to_le_bytes())
 }
 

@@ -128,6 +128,21 @@ pub struct PathRecord {
     pub mtime_ns: u128,
 }
 
+/// A file the daemon refused, kept so it is retried only when it changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    /// The path.
+    pub path: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// File size when refused.
+    pub size: u64,
+    /// File modification time when refused, nanoseconds since the epoch.
+    pub mtime_ns: u128,
+    /// Seconds since the epoch when refused.
+    pub at: u64,
+}
+
 /// bincode 2 codec for any serde type, used as a heed key or value codec.
 pub struct Bincode<T>(std::marker::PhantomData<T>);
 
@@ -139,7 +154,10 @@ impl<'a, T: Serialize + 'a> BytesEncode<'a> for Bincode<T> {
     type EItem = T;
 
     fn bytes_encode(item: &'a T) -> Result<Cow<'a, [u8]>, BoxedError> {
-        Ok(Cow::Owned(bincode::serde::encode_to_vec(item, bincode_config())?))
+        Ok(Cow::Owned(bincode::serde::encode_to_vec(
+            item,
+            bincode_config(),
+        )?))
     }
 }
 
@@ -167,7 +185,9 @@ impl<'a> BytesDecode<'a> for IdKey {
     type DItem = ImageId;
 
     fn bytes_decode(bytes: &'a [u8]) -> Result<ImageId, BoxedError> {
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| "image id key is not 32 bytes")?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "image id key is not 32 bytes")?;
         Ok(ImageId(arr))
     }
 }
@@ -179,7 +199,9 @@ impl<'a> BytesEncode<'a> for F32Vec {
     type EItem = [f32];
 
     fn bytes_encode(item: &'a [f32]) -> Result<Cow<'a, [u8]>, BoxedError> {
-        Ok(Cow::Owned(item.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        Ok(Cow::Owned(
+            item.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ))
     }
 }
 

@@ -12,7 +12,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use heed::RwTxn;
 
-use super::records::{Change, ChangeKind, EmbeddingKind, ImageId, PairRecord, PathRecord};
+use super::records::{
+    Change, ChangeKind, EmbeddingKind, ImageId, PairRecord, PathRecord, QuarantineRecord,
+};
 use super::records::{embedding_key, id_path_key, path_key};
 use super::{Store, meta_key, read_u64, write_u64};
 use crate::error::StoreError;
@@ -25,6 +27,7 @@ const MAX_BATCH: usize = 1024;
 pub(crate) struct NewRecord {
     pub pair: PairRecord,
     pub image: Vec<u8>,
+    pub thumbnail: Vec<u8>,
     pub embeddings: Vec<(EmbeddingKind, Vec<f32>)>,
     pub path: Option<PathRecord>,
     /// Embedder id to record in the store if it has none yet.
@@ -38,13 +41,23 @@ pub(crate) enum WriteOp {
     /// any, is still recorded).
     Add(Box<NewRecord>),
     /// Replaces caption, entity and tags, and the text embedding when given.
-    Update { id: ImageId, caption: String, entity: Option<String>, tags: Vec<String>, text_embedding: Option<Vec<f32>> },
+    Update {
+        id: ImageId,
+        caption: String,
+        entity: Option<String>,
+        tags: Vec<String>,
+        text_embedding: Option<Vec<f32>>,
+    },
     /// Removes a pair and every path that holds it.
     Remove { id: ImageId },
     /// Records that a path holds a pair (a rename or a second copy: no change to the pair).
     SetPath(PathRecord),
     /// Forgets a path; with `remove_orphan`, also removes the pair when no other path holds it.
     RemovePath { path: String, remove_orphan: bool },
+    /// Records (or, with `None` reason, clears) the quarantine of a path.
+    Quarantine { record: QuarantineRecord },
+    /// Clears the quarantine of a path.
+    Unquarantine { path: String },
 }
 
 /// What a write did.
@@ -56,6 +69,7 @@ pub(crate) enum WriteOutcome {
     Removed { id: ImageId, seq: u64 },
     PathSet,
     PathRemoved { removed_pair: Option<ImageId> },
+    Quarantined,
     NotFound,
 }
 
@@ -88,7 +102,10 @@ impl Writer {
             .name("reimagen-writer".into())
             .spawn(move || writer_loop(&store, rx, sink))
             .expect("spawning the writer thread");
-        Writer { tx: Some(tx), thread: Some(thread) }
+        Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     fn sender(&self) -> Result<&Sender<Job>, StoreError> {
@@ -97,7 +114,9 @@ impl Writer {
 
     /// Sends one op and waits for its outcome.
     pub fn submit(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
-        self.submit_many(vec![op]).pop().expect("one outcome per op")
+        self.submit_many(vec![op])
+            .pop()
+            .expect("one outcome per op")
     }
 
     /// Sends many ops at once (they share transactions) and waits for every outcome, in order.
@@ -105,7 +124,10 @@ impl Writer {
         let mut waiting = Vec::with_capacity(ops.len());
         for op in ops {
             let (reply, rx) = bounded(1);
-            let sent = self.sender().and_then(|s| s.send(Job::Write(op, reply)).map_err(|_| StoreError::WriterGone));
+            let sent = self.sender().and_then(|s| {
+                s.send(Job::Write(op, reply))
+                    .map_err(|_| StoreError::WriterGone)
+            });
             waiting.push(sent.map(|()| rx));
         }
         waiting
@@ -123,7 +145,9 @@ impl Writer {
         let job = Job::WithSink(Box::new(move |store, sink| {
             let _ = reply.send(task(store, sink));
         }));
-        self.sender()?.send(job).map_err(|_| StoreError::WriterGone)?;
+        self.sender()?
+            .send(job)
+            .map_err(|_| StoreError::WriterGone)?;
         rx.recv().map_err(|_| StoreError::WriterGone)
     }
 }
@@ -187,7 +211,10 @@ fn flush_batch(store: &Store, batch: &mut Vec<(WriteOp, Reply)>, sink: &mut dyn 
             tracing::error!("write transaction failed: {msg}");
             for (_, reply) in batch.drain(..) {
                 let source = std::io::Error::other(msg.clone());
-                let _ = reply.send(Err(StoreError::Io { path: store.path().to_path_buf(), source }));
+                let _ = reply.send(Err(StoreError::Io {
+                    path: store.path().to_path_buf(),
+                    source,
+                }));
             }
         }
     }
@@ -224,16 +251,35 @@ impl ChangeLog {
         doc
     }
 
-    fn append(&mut self, store: &Store, wtxn: &mut RwTxn, kind: ChangeKind, id: ImageId, doc: u64, old_doc: Option<u64>) -> heed::Result<u64> {
+    fn append(
+        &mut self,
+        store: &Store,
+        wtxn: &mut RwTxn,
+        kind: ChangeKind,
+        id: ImageId,
+        doc: u64,
+        old_doc: Option<u64>,
+    ) -> heed::Result<u64> {
         self.last_seq += 1;
-        let change = Change { seq: self.last_seq, kind, id, doc, old_doc };
+        let change = Change {
+            seq: self.last_seq,
+            kind,
+            id,
+            doc,
+            old_doc,
+        };
         store.tables.change_log.put(wtxn, &change.seq, &change)?;
         self.changes.push(change);
         Ok(self.last_seq)
     }
 }
 
-fn apply_one(store: &Store, wtxn: &mut RwTxn, log: &mut ChangeLog, op: &WriteOp) -> heed::Result<WriteOutcome> {
+fn apply_one(
+    store: &Store,
+    wtxn: &mut RwTxn,
+    log: &mut ChangeLog,
+    op: &WriteOp,
+) -> heed::Result<WriteOutcome> {
     let t = &store.tables;
     match op {
         WriteOp::Add(new) => {
@@ -250,9 +296,13 @@ fn apply_one(store: &Store, wtxn: &mut RwTxn, log: &mut ChangeLog, op: &WriteOp)
                 t.meta.put(wtxn, meta_key::EMBEDDER, embedder.as_bytes())?;
             }
             let doc = log.new_doc();
-            let pair = PairRecord { doc, ..new.pair.clone() };
+            let pair = PairRecord {
+                doc,
+                ..new.pair.clone()
+            };
             t.pairs.put(wtxn, &id, &pair)?;
             t.images.put(wtxn, &id, &new.image)?;
+            t.thumbnails.put(wtxn, &id, &new.thumbnail)?;
             for (kind, vector) in &new.embeddings {
                 t.embeddings.put(wtxn, &embedding_key(&id, *kind), vector)?;
             }
@@ -260,8 +310,16 @@ fn apply_one(store: &Store, wtxn: &mut RwTxn, log: &mut ChangeLog, op: &WriteOp)
             let seq = log.append(store, wtxn, ChangeKind::Add, id, doc, None)?;
             Ok(WriteOutcome::Added { id, seq })
         }
-        WriteOp::Update { id, caption, entity, tags, text_embedding } => {
-            let Some(mut pair) = t.pairs.get(wtxn, id)? else { return Ok(WriteOutcome::NotFound) };
+        WriteOp::Update {
+            id,
+            caption,
+            entity,
+            tags,
+            text_embedding,
+        } => {
+            let Some(mut pair) = t.pairs.get(wtxn, id)? else {
+                return Ok(WriteOutcome::NotFound);
+            };
             let old_doc = pair.doc;
             pair.doc = log.new_doc();
             pair.caption = caption.clone();
@@ -271,9 +329,17 @@ fn apply_one(store: &Store, wtxn: &mut RwTxn, log: &mut ChangeLog, op: &WriteOp)
             t.docs.delete(wtxn, &old_doc)?;
             t.docs.put(wtxn, &pair.doc, id)?;
             if let Some(vector) = text_embedding {
-                t.embeddings.put(wtxn, &embedding_key(id, EmbeddingKind::Text), vector)?;
+                t.embeddings
+                    .put(wtxn, &embedding_key(id, EmbeddingKind::Text), vector)?;
             }
-            let seq = log.append(store, wtxn, ChangeKind::Update, *id, pair.doc, Some(old_doc))?;
+            let seq = log.append(
+                store,
+                wtxn,
+                ChangeKind::Update,
+                *id,
+                pair.doc,
+                Some(old_doc),
+            )?;
             Ok(WriteOutcome::Updated { seq })
         }
         WriteOp::Remove { id } => remove_pair(store, wtxn, log, id),
@@ -281,13 +347,29 @@ fn apply_one(store: &Store, wtxn: &mut RwTxn, log: &mut ChangeLog, op: &WriteOp)
             set_path(store, wtxn, path)?;
             Ok(WriteOutcome::PathSet)
         }
-        WriteOp::RemovePath { path, remove_orphan } => {
-            let Some(record) = t.paths.get(wtxn, &path_key(path))? else { return Ok(WriteOutcome::NotFound) };
+        WriteOp::Quarantine { record } => {
+            t.quarantine.put(wtxn, &path_key(&record.path), record)?;
+            Ok(WriteOutcome::Quarantined)
+        }
+        WriteOp::Unquarantine { path } => {
+            t.quarantine.delete(wtxn, &path_key(path))?;
+            Ok(WriteOutcome::Quarantined)
+        }
+        WriteOp::RemovePath {
+            path,
+            remove_orphan,
+        } => {
+            let Some(record) = t.paths.get(wtxn, &path_key(path))? else {
+                return Ok(WriteOutcome::NotFound);
+            };
             t.paths.delete(wtxn, &path_key(path))?;
             t.id_paths.delete(wtxn, &id_path_key(&record.id, path))?;
             let orphan = t.id_paths.prefix_iter(wtxn, &record.id.0)?.next().is_none();
             let mut removed_pair = None;
-            if *remove_orphan && orphan && let WriteOutcome::Removed { id, .. } = remove_pair(store, wtxn, log, &record.id)? {
+            if *remove_orphan
+                && orphan
+                && let WriteOutcome::Removed { id, .. } = remove_pair(store, wtxn, log, &record.id)?
+            {
                 removed_pair = Some(id);
             }
             Ok(WriteOutcome::PathRemoved { removed_pair })
@@ -304,15 +386,24 @@ fn set_path(store: &Store, wtxn: &mut RwTxn, path: &PathRecord) -> heed::Result<
         t.id_paths.delete(wtxn, &id_path_key(&old.id, &old.path))?;
     }
     t.paths.put(wtxn, &key, path)?;
-    t.id_paths.put(wtxn, &id_path_key(&path.id, &path.path), &())?;
+    t.id_paths
+        .put(wtxn, &id_path_key(&path.id, &path.path), &())?;
     Ok(())
 }
 
-fn remove_pair(store: &Store, wtxn: &mut RwTxn, log: &mut ChangeLog, id: &ImageId) -> heed::Result<WriteOutcome> {
+fn remove_pair(
+    store: &Store,
+    wtxn: &mut RwTxn,
+    log: &mut ChangeLog,
+    id: &ImageId,
+) -> heed::Result<WriteOutcome> {
     let t = &store.tables;
-    let Some(pair) = t.pairs.get(wtxn, id)? else { return Ok(WriteOutcome::NotFound) };
+    let Some(pair) = t.pairs.get(wtxn, id)? else {
+        return Ok(WriteOutcome::NotFound);
+    };
     t.pairs.delete(wtxn, id)?;
     t.images.delete(wtxn, id)?;
+    t.thumbnails.delete(wtxn, id)?;
     for kind in [EmbeddingKind::Image, EmbeddingKind::Text] {
         t.embeddings.delete(wtxn, &embedding_key(id, kind))?;
     }

@@ -67,9 +67,15 @@ impl Filters {
     /// Whether a pair passes.
     pub fn accepts(&self, pair: &PairRecord) -> bool {
         let entity_ok = self.entity.as_ref().is_none_or(|e| {
-            pair.entity.as_ref().is_some_and(|pe| pe.eq_ignore_ascii_case(e))
+            pair.entity
+                .as_ref()
+                .is_some_and(|pe| pe.eq_ignore_ascii_case(e))
         });
-        entity_ok && self.tags.iter().all(|t| pair.tags.iter().any(|pt| pt.eq_ignore_ascii_case(t)))
+        entity_ok
+            && self
+                .tags
+                .iter()
+                .all(|t| pair.tags.iter().any(|pt| pt.eq_ignore_ascii_case(t)))
     }
 }
 
@@ -90,7 +96,10 @@ impl TextIndex {
             Ok(index) => Ok(index),
             Err(reason) => {
                 if dir.exists() {
-                    tracing::warn!("text index {} is unusable ({reason}); rebuilding it", dir.display());
+                    tracing::warn!(
+                        "text index {} is unusable ({reason}); rebuilding it",
+                        dir.display()
+                    );
                 }
                 let _ = std::fs::remove_dir_all(dir);
                 let index = Self::create(dir)?;
@@ -121,28 +130,55 @@ impl TextIndex {
     }
 
     fn create(dir: &Path) -> Result<TextIndex, IndexError> {
-        std::fs::create_dir_all(dir).map_err(|e| IndexError::Text { path: dir.into(), source: e.into() })?;
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::Text {
+            path: dir.into(),
+            source: e.into(),
+        })?;
         let (schema, _) = schema();
-        let index = Index::create_in_dir(dir, schema).map_err(|source| IndexError::Text { path: dir.into(), source })?;
+        let index = Index::create_in_dir(dir, schema).map_err(|source| IndexError::Text {
+            path: dir.into(),
+            source,
+        })?;
         Self::with_index(dir, index)
     }
 
     fn with_index(dir: &Path, index: Index) -> Result<TextIndex, IndexError> {
-        let err = |source| IndexError::Text { path: dir.into(), source };
+        let err = |source| IndexError::Text {
+            path: dir.into(),
+            source,
+        };
         let (_, fields) = schema();
-        let writer = index.writer_with_num_threads(1, WRITER_MEMORY).map_err(err)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(err)?;
-        Ok(TextIndex { path: dir.into(), index, fields, reader, writer: Mutex::new(writer) })
+        let writer = index
+            .writer_with_num_threads(1, WRITER_MEMORY)
+            .map_err(err)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(err)?;
+        Ok(TextIndex {
+            path: dir.into(),
+            index,
+            fields,
+            reader,
+            writer: Mutex::new(writer),
+        })
     }
 
     fn err(&self, source: tantivy::TantivyError) -> IndexError {
-        IndexError::Text { path: self.path.clone(), source }
+        IndexError::Text {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// The last change-log sequence this index applied.
     pub fn applied_seq(&self) -> Result<u64, IndexError> {
         let metas = self.index.load_metas().map_err(|e| self.err(e))?;
-        Ok(metas.payload.and_then(|p| serde_json::from_str::<Payload>(&p).ok()).map_or(0, |p| p.seq))
+        Ok(metas
+            .payload
+            .and_then(|p| serde_json::from_str::<Payload>(&p).ok())
+            .map_or(0, |p| p.seq))
     }
 
     /// Replays the change log from the last applied sequence.
@@ -152,7 +188,10 @@ impl TextIndex {
         let changes = store.changes_after(&rtxn, applied)?;
         drop(rtxn);
         if !changes.is_empty() {
-            tracing::info!(count = changes.len(), "replaying change log into the text index");
+            tracing::info!(
+                count = changes.len(),
+                "replaying change log into the text index"
+            );
             self.apply(store, &changes)?;
         }
         Ok(changes.len())
@@ -161,14 +200,18 @@ impl TextIndex {
     /// Brings the documents of the changed pairs to their state in the store, and commits.
     /// Idempotent: replaying a change twice leaves the same index.
     pub fn apply(&self, store: &Store, changes: &[Change]) -> Result<(), crate::Error> {
-        let Some(last) = changes.last() else { return Ok(()) };
+        let Some(last) = changes.last() else {
+            return Ok(());
+        };
         let ids: BTreeSet<ImageId> = changes.iter().map(|c| c.id).collect();
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let rtxn = store.read()?;
         for id in ids {
             writer.delete_term(Term::from_field_text(self.fields.id, &id.to_hex()));
             if let Some(pair) = store.pair(&rtxn, &id)? {
-                writer.add_document(self.document(&pair)).map_err(|e| self.err(e))?;
+                writer
+                    .add_document(self.document(&pair))
+                    .map_err(|e| self.err(e))?;
             }
         }
         drop(rtxn);
@@ -206,7 +249,9 @@ impl TextIndex {
         let pairs = store.all_pairs(&rtxn)?;
         drop(rtxn);
         for pair in &pairs {
-            writer.add_document(self.document(pair)).map_err(|e| self.err(e))?;
+            writer
+                .add_document(self.document(pair))
+                .map_err(|e| self.err(e))?;
         }
         self.commit(&mut writer, seq)?;
         Ok(pairs.len())
@@ -214,7 +259,12 @@ impl TextIndex {
 
     /// BM25 search over caption, entity and tags; returns ids and scores, best first. Query
     /// syntax errors are forgiven (lenient parsing): a user's caption words are not a query language.
-    pub fn search(&self, text: &str, filters: &Filters, limit: usize) -> Result<Vec<(ImageId, f32)>, IndexError> {
+    pub fn search(
+        &self,
+        text: &str,
+        filters: &Filters,
+        limit: usize,
+    ) -> Result<Vec<(ImageId, f32)>, IndexError> {
         let f = self.fields;
         let mut parser = QueryParser::for_index(&self.index, vec![f.caption, f.entity, f.tags]);
         parser.set_field_boost(f.entity, 1.5);
@@ -222,19 +272,31 @@ impl TextIndex {
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, parsed)];
         if let Some(entity) = &filters.entity {
             let term = Term::from_field_text(f.entity_exact, &entity.to_lowercase());
-            clauses.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+            ));
         }
         for tag in &filters.tags {
             let term = Term::from_field_text(f.tag_exact, &tag.to_lowercase());
-            clauses.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+            ));
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let top = searcher.search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score()).map_err(|e| self.err(e))?;
+        let top = searcher
+            .search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())
+            .map_err(|e| self.err(e))?;
         let mut out = Vec::with_capacity(top.len());
         for (score, address) in top {
             let doc: TantivyDocument = searcher.doc(address).map_err(|e| self.err(e))?;
-            if let Some(id) = doc.get_first(f.id).and_then(|v| v.as_str()).and_then(|s| s.parse().ok()) {
+            if let Some(id) = doc
+                .get_first(f.id)
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok())
+            {
                 out.push((id, score));
             }
         }
@@ -244,11 +306,17 @@ impl TextIndex {
     /// Every id in the index (for consistency checks).
     pub fn all_ids(&self) -> Result<Vec<ImageId>, IndexError> {
         let searcher = self.reader.searcher();
-        let docs = searcher.search(&AllQuery, &DocSetCollector).map_err(|e| self.err(e))?;
+        let docs = searcher
+            .search(&AllQuery, &DocSetCollector)
+            .map_err(|e| self.err(e))?;
         let mut out = Vec::with_capacity(docs.len());
         for address in docs {
             let doc: TantivyDocument = searcher.doc(address).map_err(|e| self.err(e))?;
-            if let Some(id) = doc.get_first(self.fields.id).and_then(|v| v.as_str()).and_then(|s| s.parse().ok()) {
+            if let Some(id) = doc
+                .get_first(self.fields.id)
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok())
+            {
                 out.push(id);
             }
         }

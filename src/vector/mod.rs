@@ -36,7 +36,12 @@ impl Distance<f32> for UnitDot {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -64,7 +69,12 @@ pub struct HnswParams {
 
 impl Default for HnswParams {
     fn default() -> Self {
-        HnswParams { max_connections: 16, ef_construction: 128, ef_search: 64, ef_search_cross: 128 }
+        HnswParams {
+            max_connections: 16,
+            ef_construction: 128,
+            ef_search: 64,
+            ef_search_cross: 128,
+        }
     }
 }
 
@@ -124,7 +134,12 @@ pub struct VectorCounts {
 impl VectorIndex {
     /// Opens the index of `kind` under `root` (`vector-index/`), verifying and loading the last
     /// dump and replaying the change log; anything wrong with the dump means a rebuild.
-    pub fn open(root: &Path, kind: EmbeddingKind, params: HnswParams, store: &Store) -> Result<VectorIndex, crate::Error> {
+    pub fn open(
+        root: &Path,
+        kind: EmbeddingKind,
+        params: HnswParams,
+        store: &Store,
+    ) -> Result<VectorIndex, crate::Error> {
         let index = VectorIndex {
             kind,
             root: root.to_path_buf(),
@@ -147,7 +162,10 @@ impl VectorIndex {
             }
             Err(reason) => {
                 if index.manifest_path().exists() {
-                    tracing::warn!("{} vector index is unusable ({reason}); rebuilding it", index.name());
+                    tracing::warn!(
+                        "{} vector index is unusable ({reason}); rebuilding it",
+                        index.name()
+                    );
                 }
                 index.rebuild(store)?;
             }
@@ -167,17 +185,24 @@ impl VectorIndex {
     }
 
     fn err(&self, path: &Path, reason: impl std::fmt::Display) -> IndexError {
-        IndexError::Vector { path: path.to_path_buf(), reason: reason.to_string() }
+        IndexError::Vector {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
     }
 
     fn load(&self, store_seq: u64, embedder: Option<&str>) -> Result<(), String> {
         let raw = fs::read(self.manifest_path()).map_err(|e| format!("manifest: {e}"))?;
-        let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| format!("manifest: {e}"))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&raw).map_err(|e| format!("manifest: {e}"))?;
         if manifest.seq > store_seq {
             return Err("index is ahead of the store (restored backup?)".into());
         }
         if manifest.embedder.as_deref() != embedder && manifest.seq > 0 {
-            return Err(format!("index built with embedder {:?}, store has {:?}", manifest.embedder, embedder));
+            return Err(format!(
+                "index built with embedder {:?}, store has {:?}",
+                manifest.embedder, embedder
+            ));
         }
         let dir = self.root.join(&manifest.dir);
         for (file, expected) in &manifest.files {
@@ -188,18 +213,29 @@ impl VectorIndex {
         }
         let points: Points = {
             let bytes = fs::read(dir.join("points.bin")).map_err(|e| format!("points.bin: {e}"))?;
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).map_err(|e| format!("points.bin: {e}"))?.0
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                .map_err(|e| format!("points.bin: {e}"))?
+                .0
         };
         let graph = if points.indexed.is_empty() {
             None
         } else {
             // hnsw_rs ties the loaded graph's lifetime to its loader; the loader is small (paths and
             // options), so it is leaked once per load to give the graph a 'static lifetime.
-            let basename = manifest.basename.as_deref().ok_or("manifest names no graph")?;
+            let basename = manifest
+                .basename
+                .as_deref()
+                .ok_or("manifest names no graph")?;
             let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(&dir, basename)));
-            let graph: Graph = io.load_hnsw::<f32, UnitDot>().map_err(|e| format!("hnsw load: {e}"))?;
+            let graph: Graph = io
+                .load_hnsw::<f32, UnitDot>()
+                .map_err(|e| format!("hnsw load: {e}"))?;
             if graph.get_nb_point() != points.indexed.len() {
-                return Err(format!("graph has {} points, manifest {}", graph.get_nb_point(), points.indexed.len()));
+                return Err(format!(
+                    "graph has {} points, manifest {}",
+                    graph.get_nb_point(),
+                    points.indexed.len()
+                ));
             }
             Some(graph)
         };
@@ -216,7 +252,13 @@ impl VectorIndex {
     }
 
     fn new_graph(&self, expected: usize) -> Graph {
-        let mut graph = Hnsw::new(self.params.max_connections, expected.max(1024), MAX_LAYERS, self.params.ef_construction, UnitDot);
+        let mut graph = Hnsw::new(
+            self.params.max_connections,
+            expected.max(1024),
+            MAX_LAYERS,
+            self.params.ef_construction,
+            UnitDot,
+        );
         graph.set_extend_candidates(false);
         graph
     }
@@ -228,7 +270,11 @@ impl VectorIndex {
         let changes = store.changes_after(&rtxn, seq)?;
         drop(rtxn);
         if !changes.is_empty() {
-            tracing::info!(count = changes.len(), index = self.name(), "replaying change log into the vector index");
+            tracing::info!(
+                count = changes.len(),
+                index = self.name(),
+                "replaying change log into the vector index"
+            );
             self.apply(store, &changes)?;
         }
         Ok(changes.len())
@@ -237,7 +283,9 @@ impl VectorIndex {
     /// Applies committed changes: new points for added and updated pairs, tombstones for the old
     /// ones. Idempotent: a doc number already in the graph is never inserted again.
     pub fn apply(&self, store: &Store, changes: &[Change]) -> Result<(), crate::Error> {
-        let Some(last) = changes.last() else { return Ok(()) };
+        let Some(last) = changes.last() else {
+            return Ok(());
+        };
         let rtxn = store.read()?;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut inserts: Vec<(Vec<f32>, u64)> = Vec::new();
@@ -279,14 +327,24 @@ impl VectorIndex {
             state.dim = inserts[0].0.len();
         }
         if let Some((v, doc)) = inserts.iter().find(|(v, _)| v.len() != state.dim) {
-            return Err(self.err(&self.root, format!("doc {doc} has a {}-d embedding, index is {}-d", v.len(), state.dim)));
+            return Err(self.err(
+                &self.root,
+                format!(
+                    "doc {doc} has a {}-d embedding, index is {}-d",
+                    v.len(),
+                    state.dim
+                ),
+            ));
         }
         let graph = match &mut state.graph {
             Some(g) => g,
             slot @ None => slot.insert(self.new_graph(inserts.len())),
         };
         if inserts.len() >= 64 {
-            let refs: Vec<(&[f32], usize)> = inserts.iter().map(|(v, d)| (v.as_slice(), *d as usize)).collect();
+            let refs: Vec<(&[f32], usize)> = inserts
+                .iter()
+                .map(|(v, d)| (v.as_slice(), *d as usize))
+                .collect();
             graph.parallel_insert_slice(&refs);
         } else {
             for (v, d) in &inserts {
@@ -345,27 +403,55 @@ impl VectorIndex {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| self.err(&dir, e))?;
         let basename = match &state.graph {
-            Some(graph) => Some(graph.file_dump(&dir, "graph").map_err(|e| self.err(&dir, e))?),
+            Some(graph) => Some(
+                graph
+                    .file_dump(&dir, "graph")
+                    .map_err(|e| self.err(&dir, e))?,
+            ),
             None => None,
         };
         let mut indexed: Vec<u64> = state.indexed.iter().copied().collect();
         let mut tombstones: Vec<u64> = state.tombstones.iter().copied().collect();
         indexed.sort_unstable();
         tombstones.sort_unstable();
-        let points = bincode::serde::encode_to_vec(Points { indexed, tombstones }, bincode::config::standard())
-            .map_err(|e| self.err(&dir, e))?;
+        let points = bincode::serde::encode_to_vec(
+            Points {
+                indexed,
+                tombstones,
+            },
+            bincode::config::standard(),
+        )
+        .map_err(|e| self.err(&dir, e))?;
         write_synced(&dir.join("points.bin"), &points).map_err(|e| self.err(&dir, e))?;
         let mut files = BTreeMap::new();
         for entry in fs::read_dir(&dir).map_err(|e| self.err(&dir, e))? {
             let path = entry.map_err(|e| self.err(&dir, e))?.path();
             let bytes = fs::read(&path).map_err(|e| self.err(&path, e))?;
-            fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| self.err(&path, e))?;
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| self.err(&path, e))?;
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             files.insert(name, blake3::hash(&bytes).to_hex().to_string());
         }
-        let manifest = Manifest { format: 1, seq: state.seq, dir: dir_name.clone(), dim: state.dim, embedder, basename, files };
+        let manifest = Manifest {
+            format: 1,
+            seq: state.seq,
+            dir: dir_name.clone(),
+            dim: state.dim,
+            embedder,
+            basename,
+            files,
+        };
         let tmp = self.root.join(format!("{}.manifest.json.tmp", self.name()));
-        write_synced(&tmp, &serde_json::to_vec_pretty(&manifest).expect("manifest serializes")).map_err(|e| self.err(&tmp, e))?;
+        write_synced(
+            &tmp,
+            &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
+        )
+        .map_err(|e| self.err(&tmp, e))?;
         fs::rename(&tmp, self.manifest_path()).map_err(|e| self.err(&tmp, e))?;
         sync_dir(&self.root);
         state.changes_since_dump = 0;
@@ -383,30 +469,53 @@ impl VectorIndex {
 
     /// Whether enough changed since the last dump that the writer should dump now.
     pub fn wants_dump(&self) -> bool {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).changes_since_dump >= DUMP_EVERY
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .changes_since_dump
+            >= DUMP_EVERY
     }
 
     /// The `k` nearest live points to `query` (normalised here) that `accept` lets through, as
     /// (doc, cosine similarity), best first. `cross_modal` picks the wider search width.
-    pub fn search(&self, query: &[f32], k: usize, cross_modal: bool, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        cross_modal: bool,
+        accept: &dyn Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let Some(graph) = &state.graph else { return Vec::new() };
+        let Some(graph) = &state.graph else {
+            return Vec::new();
+        };
         if query.len() != state.dim || k == 0 {
             return Vec::new();
         }
         let mut q = query.to_vec();
         crate::embed::normalize(&mut q);
-        let base = if cross_modal { self.params.ef_search_cross } else { self.params.ef_search };
+        let base = if cross_modal {
+            self.params.ef_search_cross
+        } else {
+            self.params.ef_search
+        };
         let tombstones = &state.tombstones;
         let filter = |d: &usize| !tombstones.contains(&(*d as u64)) && accept(*d as u64);
         let found = graph.search_filter(&q, k, base.max(k), Some(&filter));
-        found.into_iter().map(|n| (n.d_id as u64, 1.0 - n.distance)).collect()
+        found
+            .into_iter()
+            .map(|n| (n.d_id as u64, 1.0 - n.distance))
+            .collect()
     }
 
     /// Live doc numbers (indexed and not tombstoned), sorted.
     pub fn live_docs(&self) -> Vec<u64> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let mut docs: Vec<u64> = state.indexed.difference(&state.tombstones).copied().collect();
+        let mut docs: Vec<u64> = state
+            .indexed
+            .difference(&state.tombstones)
+            .copied()
+            .collect();
         docs.sort_unstable();
         docs
     }
@@ -414,7 +523,11 @@ impl VectorIndex {
     /// Point, tombstone and sequence counts.
     pub fn counts(&self) -> VectorCounts {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        VectorCounts { points: state.indexed.len(), tombstones: state.tombstones.len(), seq: state.seq }
+        VectorCounts {
+            points: state.indexed.len(),
+            tombstones: state.tombstones.len(),
+            seq: state.seq,
+        }
     }
 }
 
