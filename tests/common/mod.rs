@@ -1,0 +1,108 @@
+//! Shared helpers for the integration tests: small images made on the fly and a deterministic
+//! toy embedder whose image and text spaces agree on colour words.
+#![allow(dead_code)]
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::{ImageFormat, Rgb, RgbImage};
+use reimagen::{Embedder, ModelError};
+
+/// Colours the toy embedder understands, by name.
+pub const COLOURS: &[(&str, [u8; 3])] = &[
+    ("red", [220, 20, 20]),
+    ("green", [20, 200, 40]),
+    ("blue", [30, 40, 220]),
+    ("yellow", [230, 220, 30]),
+    ("purple", [140, 30, 160]),
+    ("orange", [240, 140, 20]),
+];
+
+/// Encodes a `w`×`h` image of one colour with a seed-dependent pixel pattern (so that images of
+/// the same colour still hash differently).
+pub fn image_bytes(rgb: [u8; 3], seed: u32, w: u32, h: u32, format: ImageFormat) -> Vec<u8> {
+    let mut img = RgbImage::from_pixel(w, h, Rgb(rgb));
+    for i in 0..8u32 {
+        let x = (seed.wrapping_mul(31).wrapping_add(i * 7)) % w;
+        let y = (seed.wrapping_mul(17).wrapping_add(i * 3)) % h;
+        img.put_pixel(x, y, Rgb([(seed % 251) as u8, (i * 30) as u8, 0]));
+    }
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), format).expect("encode");
+    out
+}
+
+/// A PNG of a named colour.
+pub fn colour_png(name: &str, seed: u32) -> Vec<u8> {
+    let rgb = COLOURS.iter().find(|(n, _)| *n == name).expect("known colour").1;
+    image_bytes(rgb, seed, 24, 16, ImageFormat::Png)
+}
+
+/// Writes bytes to `dir/name`, creating folders.
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A toy embedder: an image maps to its mean colour, a text to the mean of the colour words it
+/// names, both as unit vectors in RGB space padded with a small hash-based tail, so that CLIP-mode
+/// search has a real answer to find.
+pub struct ToyEmbedder {
+    pub dim: usize,
+}
+
+impl ToyEmbedder {
+    fn finish(&self, rgb: [f32; 3], salt: u64) -> Vec<f32> {
+        let mut v = vec![0.0f32; self.dim];
+        v[..3].copy_from_slice(&rgb);
+        // A faint deterministic tail keeps distinct inputs distinct.
+        let mut x = salt | 1;
+        for slot in v.iter_mut().skip(3) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *slot = ((x % 1000) as f32 / 1000.0 - 0.5) * 0.01;
+        }
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-9);
+        v.iter_mut().for_each(|a| *a /= n);
+        v
+    }
+}
+
+impl Embedder for ToyEmbedder {
+    fn id(&self) -> String {
+        format!("toy-colour/{}", self.dim)
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed_image(&self, image: &image::DynamicImage) -> Result<Vec<f32>, ModelError> {
+        let rgb = image.to_rgb8();
+        let n = rgb.pixels().len() as f32;
+        let mut mean = [0.0f32; 3];
+        for p in rgb.pixels() {
+            for c in 0..3 {
+                mean[c] += p.0[c] as f32 / 255.0 / n;
+            }
+        }
+        let salt = rgb.as_raw().iter().fold(1469598103934665603u64, |h, b| (h ^ *b as u64).wrapping_mul(1099511628211));
+        Ok(self.finish(mean, salt))
+    }
+
+    fn embed_text(&self, text: &str) -> Result<Vec<f32>, ModelError> {
+        let mut sum = [0.0f32; 3];
+        for word in text.to_lowercase().split(|c: char| !c.is_alphanumeric()) {
+            if let Some((_, rgb)) = COLOURS.iter().find(|(n, _)| *n == word) {
+                for c in 0..3 {
+                    sum[c] += rgb[c] as f32 / 255.0;
+                }
+            }
+        }
+        let salt = text.bytes().fold(7u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+        Ok(self.finish(sum, salt))
+    }
+}
