@@ -28,13 +28,18 @@ pub fn image_bytes(rgb: [u8; 3], seed: u32, w: u32, h: u32, format: ImageFormat)
         img.put_pixel(x, y, Rgb([(seed % 251) as u8, (i * 30) as u8, 0]));
     }
     let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), format).expect("encode");
+    img.write_to(&mut Cursor::new(&mut out), format)
+        .expect("encode");
     out
 }
 
 /// A PNG of a named colour.
 pub fn colour_png(name: &str, seed: u32) -> Vec<u8> {
-    let rgb = COLOURS.iter().find(|(n, _)| *n == name).expect("known colour").1;
+    let rgb = COLOURS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("known colour")
+        .1;
     image_bytes(rgb, seed, 24, 16, ImageFormat::Png)
 }
 
@@ -85,11 +90,13 @@ impl Embedder for ToyEmbedder {
         let n = rgb.pixels().len() as f32;
         let mut mean = [0.0f32; 3];
         for p in rgb.pixels() {
-            for c in 0..3 {
-                mean[c] += p.0[c] as f32 / 255.0 / n;
+            for (m, v) in mean.iter_mut().zip(p.0) {
+                *m += v as f32 / 255.0 / n;
             }
         }
-        let salt = rgb.as_raw().iter().fold(1469598103934665603u64, |h, b| (h ^ *b as u64).wrapping_mul(1099511628211));
+        let salt = rgb.as_raw().iter().fold(1469598103934665603u64, |h, b| {
+            (h ^ *b as u64).wrapping_mul(1099511628211)
+        });
         Ok(self.finish(mean, salt))
     }
 
@@ -97,12 +104,14 @@ impl Embedder for ToyEmbedder {
         let mut sum = [0.0f32; 3];
         for word in text.to_lowercase().split(|c: char| !c.is_alphanumeric()) {
             if let Some((_, rgb)) = COLOURS.iter().find(|(n, _)| *n == word) {
-                for c in 0..3 {
-                    sum[c] += rgb[c] as f32 / 255.0;
+                for (s, v) in sum.iter_mut().zip(rgb) {
+                    *s += *v as f32 / 255.0;
                 }
             }
         }
-        let salt = text.bytes().fold(7u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+        let salt = text
+            .bytes()
+            .fold(7u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
         Ok(self.finish(sum, salt))
     }
 }
