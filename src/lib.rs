@@ -28,6 +28,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod embed;
 pub mod error;
 pub mod ingest;

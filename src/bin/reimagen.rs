@@ -141,6 +141,31 @@ enum Command {
         /// Destination folder.
         dest: PathBuf,
     },
+    /// Benchmarks (they use their own temporary data, never the KB).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The knowledge base on a seeded synthetic workload: ingest rate, query latency, recall.
+    Kb {
+        /// Pairs to ingest.
+        #[arg(long, default_value_t = 100_000)]
+        pairs: usize,
+        /// Queries per retriever.
+        #[arg(long, default_value_t = 1_000)]
+        queries: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also write the workload here, for training/bench_peers.py.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -175,6 +200,9 @@ fn default_kb_dir() -> PathBuf {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.kb.clone().unwrap_or_else(default_kb_dir);
+    if let Command::Bench(bench) = cli.command {
+        return run_bench(bench);
+    }
     if let Command::Init = cli.command {
         let existed = dir.join("kb.toml").exists();
         let kb = KnowledgeBase::create(&dir)?;
@@ -192,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let kb = KnowledgeBase::open(&dir)
         .with_context(|| format!("opening knowledge base {}", dir.display()))?;
     match cli.command {
-        Command::Init => unreachable!("handled above"),
+        Command::Init | Command::Bench(_) => unreachable!("handled above"),
         Command::Add {
             images,
             caption,
@@ -370,6 +398,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
+    match bench {
+        BenchCommand::Kb { pairs, queries, seed, export, json } => {
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let opts = reimagen::bench::KbBenchOptions { pairs, queries, seed, export };
+            let bar = spinner("benchmarking");
+            let report = reimagen::bench::run_kb(&dir.path().join("kb"), &opts, &|m| bar.set_message(m.to_string()))?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn add(
     kb: &KnowledgeBase,
     images: Vec<PathBuf>,
@@ -534,9 +580,9 @@ fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn spinner(message: &'static str) -> ProgressBar {
+fn spinner(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
-    bar.set_message(message);
+    bar.set_message(message.to_string());
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
 }
