@@ -40,7 +40,12 @@ pub struct KbBenchOptions {
 
 impl Default for KbBenchOptions {
     fn default() -> Self {
-        KbBenchOptions { pairs: 100_000, queries: 1_000, seed: 42, export: None }
+        KbBenchOptions {
+            pairs: 100_000,
+            queries: 1_000,
+            seed: 42,
+            export: None,
+        }
     }
 }
 
@@ -79,11 +84,27 @@ pub struct KbBenchReport {
 impl std::fmt::Display for KbBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "pairs            {}", self.pairs)?;
-        writeln!(f, "ingest           {:.1} s  ({:.0} pairs/s)", self.ingest_secs, self.ingest_pairs_per_sec)?;
-        for (name, l) in [("bm25", self.bm25), ("clip", self.clip), ("hybrid", self.hybrid)] {
-            writeln!(f, "{name:<16} p50 {:.3} ms  p99 {:.3} ms", l.p50_ms, l.p99_ms)?;
+        writeln!(
+            f,
+            "ingest           {:.1} s  ({:.0} pairs/s)",
+            self.ingest_secs, self.ingest_pairs_per_sec
+        )?;
+        for (name, l) in [
+            ("bm25", self.bm25),
+            ("clip", self.clip),
+            ("hybrid", self.hybrid),
+        ] {
+            writeln!(
+                f,
+                "{name:<16} p50 {:.3} ms  p99 {:.3} ms",
+                l.p50_ms, l.p99_ms
+            )?;
         }
-        write!(f, "recall@10        {:.3}  (ef {})", self.recall_at_10, self.ef_search_cross)
+        write!(
+            f,
+            "recall@10        {:.3}  (ef {})",
+            self.recall_at_10, self.ef_search_cross
+        )
     }
 }
 
@@ -108,12 +129,17 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
 
 fn workload(opts: &KbBenchOptions) -> Workload {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    const SYLLABLES: &[&str] = &["ka", "ro", "mi", "tsu", "le", "an", "vo", "ri", "po", "el", "shi", "da", "nu", "qua", "ze", "ti"];
+    const SYLLABLES: &[&str] = &[
+        "ka", "ro", "mi", "tsu", "le", "an", "vo", "ri", "po", "el", "shi", "da", "nu", "qua",
+        "ze", "ti",
+    ];
     let mut seen = std::collections::HashSet::new();
     let mut words = Vec::with_capacity(WORDS);
     while words.len() < WORDS {
         let n = rng.random_range(2..5);
-        let w: String = (0..n).map(|_| SYLLABLES[rng.random_range(0..SYLLABLES.len())]).collect();
+        let w: String = (0..n)
+            .map(|_| SYLLABLES[rng.random_range(0..SYLLABLES.len())])
+            .collect();
         if seen.insert(w.clone()) {
             words.push(w);
         }
@@ -129,12 +155,23 @@ fn workload(opts: &KbBenchOptions) -> Workload {
         let x = rng.random::<f64>() * total;
         &words[cdf.partition_point(|c| *c < x).min(WORDS - 1)]
     };
-    let projection: Vec<f32> = (0..DIM * SUBSPACE).map(|_| gaussian(&mut rng) / (SUBSPACE as f32).sqrt()).collect();
-    let centres: Vec<Vec<f32>> = (0..CENTRES).map(|_| (0..SUBSPACE).map(|_| gaussian(&mut rng)).collect()).collect();
+    let projection: Vec<f32> = (0..DIM * SUBSPACE)
+        .map(|_| gaussian(&mut rng) / (SUBSPACE as f32).sqrt())
+        .collect();
+    let centres: Vec<Vec<f32>> = (0..CENTRES)
+        .map(|_| (0..SUBSPACE).map(|_| gaussian(&mut rng)).collect())
+        .collect();
     let embed = |rng: &mut ChaCha8Rng, centre: &[f32], spread: f32| {
         let z: Vec<f32> = centre.iter().map(|c| c + spread * gaussian(rng)).collect();
         let mut v: Vec<f32> = (0..DIM)
-            .map(|i| projection[i * SUBSPACE..(i + 1) * SUBSPACE].iter().zip(&z).map(|(p, z)| p * z).sum::<f32>() + 0.02 * gaussian(rng))
+            .map(|i| {
+                projection[i * SUBSPACE..(i + 1) * SUBSPACE]
+                    .iter()
+                    .zip(&z)
+                    .map(|(p, z)| p * z)
+                    .sum::<f32>()
+                    + 0.02 * gaussian(rng)
+            })
             .collect();
         normalize(&mut v);
         v
@@ -142,7 +179,12 @@ fn workload(opts: &KbBenchOptions) -> Workload {
     let mut captions = Vec::with_capacity(opts.pairs);
     let mut vectors = Vec::with_capacity(opts.pairs);
     for _ in 0..opts.pairs {
-        captions.push((0..8).map(|_| word(&mut rng).as_str()).collect::<Vec<_>>().join(" "));
+        captions.push(
+            (0..8)
+                .map(|_| word(&mut rng).as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         let c = rng.random_range(0..CENTRES);
         vectors.push(embed(&mut rng, &centres[c], 0.3));
     }
@@ -156,7 +198,12 @@ fn workload(opts: &KbBenchOptions) -> Workload {
         let c = rng.random_range(0..CENTRES);
         query_vectors.push(embed(&mut rng, &centres[c], 0.3));
     }
-    Workload { captions, vectors, query_texts, query_vectors }
+    Workload {
+        captions,
+        vectors,
+        query_texts,
+        query_vectors,
+    }
 }
 
 /// Hands back precomputed vectors: images carry their pair index in their pixels, texts are
@@ -179,12 +226,25 @@ impl Embedder for TableEmbedder {
         let px = image.to_rgb8();
         let p = px.get_pixel(0, 0).0;
         let q = px.get_pixel(1, 0).0;
-        let index = (p[0] as usize) | (p[1] as usize) << 8 | (p[2] as usize) << 16 | (q[0] as usize) << 24;
-        self.images.get(index).cloned().ok_or_else(|| ModelError::Embed { model: self.id(), reason: format!("no vector {index}") })
+        let index =
+            (p[0] as usize) | (p[1] as usize) << 8 | (p[2] as usize) << 16 | (q[0] as usize) << 24;
+        self.images
+            .get(index)
+            .cloned()
+            .ok_or_else(|| ModelError::Embed {
+                model: self.id(),
+                reason: format!("no vector {index}"),
+            })
     }
 
     fn embed_text(&self, text: &str) -> std::result::Result<Vec<f32>, ModelError> {
-        self.texts.get(text).cloned().ok_or_else(|| ModelError::Embed { model: self.id(), reason: format!("no vector for {text:?}") })
+        self.texts
+            .get(text)
+            .cloned()
+            .ok_or_else(|| ModelError::Embed {
+                model: self.id(),
+                reason: format!("no vector for {text:?}"),
+            })
     }
 }
 
@@ -193,14 +253,18 @@ fn index_png(i: usize) -> Vec<u8> {
     img.put_pixel(0, 0, Rgb([i as u8, (i >> 8) as u8, (i >> 16) as u8]));
     img.put_pixel(1, 0, Rgb([(i >> 24) as u8, 0, 0]));
     let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).expect("in-memory PNG");
+    img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .expect("in-memory PNG");
     out
 }
 
 fn latency(mut samples: Vec<f64>) -> Latency {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    Latency { p50_ms: at(0.5), p99_ms: at(0.99) }
+    Latency {
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+    }
 }
 
 /// Runs the KB benchmark in `dir` (a fresh directory). `progress` gets a line per phase.
@@ -217,15 +281,24 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
     for (q, v) in w.query_texts.iter().zip(&w.query_vectors) {
         texts.insert(q.clone(), v.clone());
     }
-    let embedder = Arc::new(TableEmbedder { images: Arc::new(w.vectors.clone()), texts });
+    let embedder = Arc::new(TableEmbedder {
+        images: Arc::new(w.vectors.clone()),
+        texts,
+    });
     let params = crate::vector::HnswParams::default();
-    let kb = KnowledgeBase::builder(dir).create(true).embedder(embedder).hnsw(params).open()?;
+    let kb = KnowledgeBase::builder(dir)
+        .create(true)
+        .embedder(embedder)
+        .hnsw(params)
+        .open()?;
 
     progress("ingesting");
     let start = Instant::now();
     for chunk_start in (0..w.captions.len()).step_by(4096) {
         let end = (chunk_start + 4096).min(w.captions.len());
-        let pairs: Vec<NewPair> = (chunk_start..end).map(|i| NewPair::bytes(format!("pair-{i}"), index_png(i), w.captions[i].clone())).collect();
+        let pairs: Vec<NewPair> = (chunk_start..end)
+            .map(|i| NewPair::bytes(format!("pair-{i}"), index_png(i), w.captions[i].clone()))
+            .collect();
         for r in kb.add_many(pairs) {
             r?;
         }
@@ -246,20 +319,36 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
     for q in &w.query_texts {
         bm25.push(time(&Query::text(q.clone()).k(10))?);
         clip.push(time(&Query::text(q.clone()).mode(SearchMode::Clip).k(10))?);
-        hybrid.push(time(&Query::text(q.clone()).mode(SearchMode::Hybrid).k(10))?);
+        hybrid.push(time(
+            &Query::text(q.clone()).mode(SearchMode::Hybrid).k(10),
+        )?);
     }
 
     progress("measuring recall against exact search");
-    let id_to_index: HashMap<crate::ImageId, usize> =
-        (0..w.captions.len()).map(|i| (crate::ImageId::of_bytes(&index_png(i)), i)).collect();
+    let id_to_index: HashMap<crate::ImageId, usize> = (0..w.captions.len())
+        .map(|i| (crate::ImageId::of_bytes(&index_png(i)), i))
+        .collect();
     let recall_queries = w.query_texts.len().min(200);
     let mut recall = 0.0;
-    for (q, v) in w.query_texts.iter().zip(&w.query_vectors).take(recall_queries) {
-        let mut exact: Vec<(f32, usize)> = w.vectors.iter().enumerate().map(|(i, x)| (crate::vector::dot(v, x), i)).collect();
+    for (q, v) in w
+        .query_texts
+        .iter()
+        .zip(&w.query_vectors)
+        .take(recall_queries)
+    {
+        let mut exact: Vec<(f32, usize)> = w
+            .vectors
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (crate::vector::dot(v, x), i))
+            .collect();
         exact.select_nth_unstable_by(9, |a, b| b.0.total_cmp(&a.0));
         let truth: std::collections::HashSet<usize> = exact[..10].iter().map(|(_, i)| *i).collect();
         let found = kb.search(&Query::text(q.clone()).mode(SearchMode::Clip).k(10))?;
-        let hits = found.iter().filter(|h| id_to_index.get(&h.id).is_some_and(|i| truth.contains(i))).count();
+        let hits = found
+            .iter()
+            .filter(|h| id_to_index.get(&h.id).is_some_and(|i| truth.contains(i)))
+            .count();
         recall += hits as f64 / 10.0;
     }
     Ok(KbBenchReport {
@@ -287,7 +376,11 @@ fn export_workload(dir: &Path, w: &Workload) -> Result<()> {
     };
     let write_vectors = |name: &str, vectors: &[Vec<f32>]| -> Result<()> {
         let path = dir.join(name);
-        let bytes: Vec<u8> = vectors.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes: Vec<u8> = vectors
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         std::fs::write(&path, bytes).map_err(io_err(&path))
     };
     write_lines("captions.txt", &w.captions)?;

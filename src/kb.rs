@@ -271,7 +271,7 @@ impl ChangeSink for Sink {
 /// Options for opening a knowledge base. Get one from [`KnowledgeBase::builder`].
 ///
 /// By default: no embedder (BM25 only), [`DecodeLimits::default`], [`CaptionRules::default`],
-/// [`HnswParams::default`], and the KB must already exist (see [`Builder::create`]).
+/// [`HnswParams::default`], a 64 MiB initial LMDB map, and the KB must already exist (see [`Builder::create`]).
 #[must_use]
 pub struct Builder {
     dir: PathBuf,
@@ -280,9 +280,17 @@ pub struct Builder {
     limits: DecodeLimits,
     captions: CaptionRules,
     hnsw: HnswParams,
+    map_size: usize,
 }
 
 impl Builder {
+    /// Sets the LMDB map size the store starts with; it doubles by itself whenever LMDB reports
+    /// it full, so this only matters for tuning (by default 64 MiB).
+    pub fn initial_map_size(mut self, bytes: usize) -> Builder {
+        self.map_size = bytes;
+        self
+    }
+
     /// Creates the KB when the directory holds none.
     pub fn create(mut self, create: bool) -> Builder {
         self.create = create;
@@ -355,7 +363,7 @@ impl Builder {
             }
             .into());
         }
-        let store = Arc::new(Store::open(&dir.join("store"))?);
+        let store = Arc::new(Store::open(&dir.join("store"), self.map_size)?);
         if let Some(embedder) = &self.embedder {
             let rtxn = store.read()?;
             if let Some(stored) = store.embedder_id(&rtxn)?
@@ -425,6 +433,7 @@ impl KnowledgeBase {
             limits: DecodeLimits::default(),
             captions: CaptionRules::default(),
             hnsw: HnswParams::default(),
+            map_size: crate::store::INITIAL_MAP_SIZE,
         }
     }
 
@@ -1114,4 +1123,67 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::ChangeKind;
+
+    fn png(seed: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(5, 4, |x, y| image::Rgb([seed, x as u8, y as u8]));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn check_reports_an_index_that_disagrees_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let kb = KnowledgeBase::create(dir.path()).unwrap();
+        for seed in 0..5 {
+            kb.add(NewPair::bytes("p.png", png(seed), format!("pair {seed}")))
+                .unwrap();
+        }
+        assert!(kb.check().unwrap().is_consistent());
+        // Drop one pair's document behind the store's back.
+        let victim = kb.list().unwrap()[2].id;
+        {
+            let mut writer = kb.indices.text.writer_for_tests();
+            writer.delete_term(kb.indices.text.id_term(&victim));
+            writer.commit().unwrap();
+        }
+        kb.indices.text.reload_for_tests();
+        let report = kb.check().unwrap();
+        assert!(!report.is_consistent());
+        assert!(report.problems[0].contains("1 missing"), "{report:?}");
+        kb.rebuild_indices().unwrap();
+        assert!(kb.check().unwrap().is_consistent());
+    }
+
+    #[test]
+    fn the_change_log_records_every_change_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let kb = KnowledgeBase::create(dir.path()).unwrap();
+        let id = kb.add(NewPair::bytes("p.png", png(1), "one")).unwrap().id();
+        kb.update(
+            &id,
+            PairText {
+                caption: "two".into(),
+                ..PairText::default()
+            },
+        )
+        .unwrap();
+        kb.remove(&id).unwrap();
+        let rtxn = kb.store.read().unwrap();
+        let log = kb.store.changes_after(&rtxn, 0).unwrap();
+        let kinds: Vec<ChangeKind> = log.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [ChangeKind::Add, ChangeKind::Update, ChangeKind::Remove]
+        );
+        assert_eq!(log.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(log[1].old_doc, Some(log[0].doc));
+    }
 }

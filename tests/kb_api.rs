@@ -457,3 +457,43 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn the_lmdb_map_grows_by_itself_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = KnowledgeBase::builder(dir.path())
+        .create(true)
+        .initial_map_size(1 << 20)
+        .open()
+        .unwrap();
+    // Noise does not compress: 40 × 64 KiB of pixels is well past a 1 MiB map.
+    let mut pairs = Vec::new();
+    for seed in 0..40u32 {
+        let mut x = seed.wrapping_mul(2654435761) | 1;
+        let img = image::RgbImage::from_fn(128, 128, |_, _| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+        });
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        pairs.push(NewPair::bytes(
+            format!("noise-{seed}.png"),
+            png,
+            format!("noise {seed}"),
+        ));
+    }
+    for r in kb.add_many(pairs) {
+        r.unwrap();
+    }
+    let stats = kb.stats().unwrap();
+    assert_eq!(stats.pairs, 40);
+    assert!(
+        stats.map_size > 2 << 20,
+        "the map grew: {} bytes",
+        stats.map_size
+    );
+    assert!(kb.check().unwrap().is_consistent());
+}

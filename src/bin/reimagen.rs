@@ -400,11 +400,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
     match bench {
-        BenchCommand::Kb { pairs, queries, seed, export, json } => {
+        BenchCommand::Kb {
+            pairs,
+            queries,
+            seed,
+            export,
+            json,
+        } => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
-            let opts = reimagen::bench::KbBenchOptions { pairs, queries, seed, export };
+            let opts = reimagen::bench::KbBenchOptions {
+                pairs,
+                queries,
+                seed,
+                export,
+            };
             let bar = spinner("benchmarking");
-            let report = reimagen::bench::run_kb(&dir.path().join("kb"), &opts, &|m| bar.set_message(m.to_string()))?;
+            let report = reimagen::bench::run_kb(&dir.path().join("kb"), &opts, &|m| {
+                bar.set_message(m.to_string())
+            })?;
             bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -109,8 +109,8 @@ impl OnCommit for Tables<'_> {
     }
 }
 
-/// The map starts at this size and doubles whenever LMDB reports it full.
-const INITIAL_MAP_SIZE: usize = 64 << 20;
+/// By default the map starts at this size; it doubles whenever LMDB reports it full.
+pub const INITIAL_MAP_SIZE: usize = 64 << 20;
 /// Enough reader slots for a daemon plus CLI readers (LMDB's default is 126).
 const MAX_READERS: u32 = 1024;
 
@@ -140,8 +140,9 @@ impl<'s> std::ops::Deref for ReadView<'s> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir` and migrates it to the current schema.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (creating if needed) the store in `dir` and migrates it to the current schema. The
+    /// map starts at `map_size` bytes (or twice the file, if larger) and grows by itself.
+    pub fn open(dir: &Path, map_size: usize) -> Result<Store, StoreError> {
         fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
@@ -149,7 +150,7 @@ impl Store {
         let file_len = fs::metadata(dir.join("data.mdb"))
             .map(|m| m.len() as usize)
             .unwrap_or(0);
-        let map_size = round_to_page(INITIAL_MAP_SIZE.max(file_len.saturating_mul(2)));
+        let map_size = round_to_page(map_size.max(file_len.saturating_mul(2)));
         let lmdb = |source| StoreError::Lmdb {
             path: dir.to_path_buf(),
             source,

@@ -303,6 +303,21 @@ impl TextIndex {
         Ok(out)
     }
 
+    #[cfg(test)]
+    pub(crate) fn writer_for_tests(&self) -> std::sync::MutexGuard<'_, IndexWriter> {
+        self.writer.lock().unwrap()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn id_term(&self, id: &ImageId) -> Term {
+        Term::from_field_text(self.fields.id, &id.to_hex())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn reload_for_tests(&self) {
+        self.reader.reload().unwrap();
+    }
+
     /// Every id in the index (for consistency checks).
     pub fn all_ids(&self) -> Result<Vec<ImageId>, IndexError> {
         let searcher = self.reader.searcher();

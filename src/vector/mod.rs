@@ -46,7 +46,12 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -58,7 +63,9 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::{_mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+    use std::arch::x86_64::{
+        _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut acc0 = _mm256_setzero_ps();
@@ -68,7 +75,11 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     unsafe {
         while i + 16 <= n {
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
             i += 16;
         }
         if i + 8 <= n {
@@ -79,7 +90,12 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     // SAFETY: `lanes` holds 8 floats.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
-    lanes.iter().sum::<f32>() + a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum::<f32>()
+    lanes.iter().sum::<f32>()
+        + a[i..n]
+            .iter()
+            .zip(&b[i..n])
+            .map(|(x, y)| x * y)
+            .sum::<f32>()
 }
 
 /// Graph parameters.
@@ -526,7 +542,11 @@ impl VectorIndex {
         }
         let mut q = query.to_vec();
         crate::embed::normalize(&mut q);
-        let base = if cross_modal { self.params.ef_search_cross } else { self.params.ef_search };
+        let base = if cross_modal {
+            self.params.ef_search_cross
+        } else {
+            self.params.ef_search
+        };
         let tombstones = &state.tombstones;
         let keep = |d: usize| !tombstones.contains(&(d as u64)) && accept(d as u64);
         // hnsw_rs gives up its early exit when handed a filter (it then walks most of the graph),
@@ -536,15 +556,22 @@ impl VectorIndex {
         let mut want = k;
         loop {
             let found = graph.search(&q, want, base.max(want));
-            let kept: Vec<(u64, f32)> =
-                found.iter().filter(|n| keep(n.d_id)).take(k).map(|n| (n.d_id as u64, 1.0 - n.distance)).collect();
+            let kept: Vec<(u64, f32)> = found
+                .iter()
+                .filter(|n| keep(n.d_id))
+                .take(k)
+                .map(|n| (n.d_id as u64, 1.0 - n.distance))
+                .collect();
             if kept.len() == k || found.len() < want || want >= points {
                 return kept;
             }
             if want >= 16 * k.max(64) {
                 let filter = |d: &usize| keep(*d);
                 let found = graph.search_filter(&q, k, base.max(k), Some(&filter));
-                return found.into_iter().map(|n| (n.d_id as u64, 1.0 - n.distance)).collect();
+                return found
+                    .into_iter()
+                    .map(|n| (n.d_id as u64, 1.0 - n.distance))
+                    .collect();
             }
             want = (want * 4).min(points);
         }
@@ -596,7 +623,10 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
             let plain: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot(&a, &b) as f64 - plain).abs() < 1e-4, "n = {n}");
-            assert!((dot_portable(&a, &b) as f64 - plain).abs() < 1e-4, "n = {n}");
+            assert!(
+                (dot_portable(&a, &b) as f64 - plain).abs() < 1e-4,
+                "n = {n}"
+            );
         }
     }
 }
