@@ -356,11 +356,11 @@ fn an_index_left_behind_replays_the_change_log() {
     // Keep the indices as they are now, add more, then put the old indices back: as if the
     // process died after the LMDB commit and before the index commits.
     let saved = tempfile::tempdir().unwrap();
-    copy_dir(
+    common::copy_dir(
         &dir.path().join("text-index"),
         &saved.path().join("text-index"),
     );
-    copy_dir(
+    common::copy_dir(
         &dir.path().join("vector-index"),
         &saved.path().join("vector-index"),
     );
@@ -370,7 +370,7 @@ fn an_index_left_behind_replays_the_change_log() {
     }
     for name in ["text-index", "vector-index"] {
         std::fs::remove_dir_all(dir.path().join(name)).unwrap();
-        copy_dir(&saved.path().join(name), &dir.path().join(name));
+        common::copy_dir(&saved.path().join(name), &dir.path().join(name));
     }
     let kb = open_with_toy(dir.path());
     assert!(
@@ -443,19 +443,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let dest = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &dest);
-        } else {
-            std::fs::copy(&path, &dest).unwrap();
-        }
-    }
 }
 
 #[test]

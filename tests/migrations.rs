@@ -1,28 +1,17 @@
 //! A store frozen at schema v1 (tests/fixtures/store-v1, see its README) opens with every later
 //! build: it is migrated in one transaction and answers queries as before.
 
+mod common;
+
 use std::path::Path;
 
 use reimagen::{KnowledgeBase, Query};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let dest = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &dest);
-        } else {
-            std::fs::copy(&path, &dest).unwrap();
-        }
-    }
-}
 
 #[test]
 fn the_v1_fixture_migrates_and_answers_queries() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
-    copy_dir(&fixture, dir.path());
+    common::copy_dir(&fixture, dir.path());
     let kb = KnowledgeBase::open(dir.path()).unwrap();
     let stats = kb.stats().unwrap();
     assert_eq!(stats.schema_version, 2);
