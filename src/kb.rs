@@ -787,7 +787,7 @@ impl KnowledgeBase {
             SearchMode::Bm25 => vec![(
                 Retriever::Bm25,
                 1.0,
-                self.indices.text.search(text()?, &query.filters, fetch)?,
+                self.bm25_search(text()?, query, fetch)?,
             )],
             SearchMode::Clip => vec![(
                 Retriever::Clip,
@@ -809,7 +809,7 @@ impl KnowledgeBase {
                 (
                     Retriever::Bm25,
                     query.weights.bm25,
-                    self.indices.text.search(text()?, &query.filters, fetch)?,
+                    self.bm25_search(text()?, query, fetch)?,
                 ),
                 (
                     Retriever::Clip,
@@ -874,6 +874,18 @@ impl KnowledgeBase {
             }
             .into()
         })
+    }
+
+    fn bm25_search(&self, text: &str, query: &Query, fetch: usize) -> Result<Ranked> {
+        let found = self.indices.text.search(text, &query.filters, fetch)?;
+        let rtxn = self.store.read()?;
+        let mut out = Vec::with_capacity(found.len());
+        for (doc, score) in found {
+            if let Some(id) = self.store.id_of_doc(&rtxn, doc)? {
+                out.push((id, score));
+            }
+        }
+        Ok(out)
     }
 
     fn clip_search(&self, text: &str, query: &Query, fetch: usize) -> Result<Ranked> {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
+use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
 
 use crate::error::IndexError;
@@ -24,6 +24,7 @@ const WRITER_MEMORY: usize = 64 << 20;
 #[derive(Clone, Copy)]
 struct Fields {
     id: Field,
+    doc: Field,
     caption: Field,
     entity: Field,
     entity_exact: Field,
@@ -35,6 +36,9 @@ fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let fields = Fields {
         id: b.add_text_field("id", STRING | STORED),
+        // The pair's doc number as a fast field: a hit maps to its pair without touching the
+        // compressed document store.
+        doc: b.add_u64_field("doc", FAST),
         caption: b.add_text_field("caption", TEXT),
         entity: b.add_text_field("entity", TEXT),
         entity_exact: b.add_text_field("entity_exact", STRING),
@@ -228,7 +232,8 @@ impl TextIndex {
 
     fn document(&self, pair: &PairRecord) -> TantivyDocument {
         let f = self.fields;
-        let mut d = doc!(f.id => pair.id.to_hex(), f.caption => pair.caption.as_str());
+        let mut d =
+            doc!(f.id => pair.id.to_hex(), f.doc => pair.doc, f.caption => pair.caption.as_str());
         if let Some(entity) = &pair.entity {
             d.add_text(f.entity, entity);
             d.add_text(f.entity_exact, entity.to_lowercase());
@@ -257,14 +262,15 @@ impl TextIndex {
         Ok(pairs.len())
     }
 
-    /// BM25 search over caption, entity and tags; returns ids and scores, best first. Query
-    /// syntax errors are forgiven (lenient parsing): a user's caption words are not a query language.
+    /// BM25 search over caption, entity and tags; returns doc numbers (see
+    /// [`PairRecord::doc`]) and scores, best first. Query syntax errors are forgiven (lenient
+    /// parsing): a user's caption words are not a query language.
     pub fn search(
         &self,
         text: &str,
         filters: &Filters,
         limit: usize,
-    ) -> Result<Vec<(ImageId, f32)>, IndexError> {
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
         let f = self.fields;
         let mut parser = QueryParser::for_index(&self.index, vec![f.caption, f.entity, f.tags]);
         parser.set_field_boost(f.entity, 1.5);
@@ -289,15 +295,18 @@ impl TextIndex {
         let top = searcher
             .search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())
             .map_err(|e| self.err(e))?;
+        let mut columns = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(top.len());
         for (score, address) in top {
-            let doc: TantivyDocument = searcher.doc(address).map_err(|e| self.err(e))?;
-            if let Some(id) = doc
-                .get_first(f.id)
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.parse().ok())
-            {
-                out.push((id, score));
+            let column = match columns.entry(address.segment_ord) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let reader = searcher.segment_reader(address.segment_ord);
+                    e.insert(reader.fast_fields().u64("doc").map_err(|e| self.err(e))?)
+                }
+            };
+            if let Some(doc) = column.first(address.doc_id) {
+                out.push((doc, score));
             }
         }
         Ok(out)
