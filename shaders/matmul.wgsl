@@ -1,0 +1,118 @@
+// Batched matmul / linear: out[b] = A[b] (M×K) · B[b] (K×N, or N×K when trans_b) + bias (N).
+//
+// Tiled and register-blocked: a 16×16 workgroup computes a 64×64 output tile, each invocation a
+// 4×4 block held in four vec4 accumulators. K advances in steps of 16 through workgroup memory,
+// which is stored as vec4 columns so that the inner loop reads A and B four values at a time.
+// Loads from global memory are scalar (any K and N, no alignment demands) and coalesced along
+// the contiguous axis. Workgroup memory: 2 × 16 × 64 × 4 B = 8 KiB.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    trans_b: u32,
+    a_batch_stride: u32,
+    b_batch_stride: u32,
+    has_bias: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+const TILE: u32 = 64u;
+const TK: u32 = 16u;
+
+// a_tile[k * 16 + i] holds A rows 4i..4i+3 at column k of the tile; b_tile likewise for B columns.
+var<workgroup> a_tile: array<vec4<f32>, 256>;
+var<workgroup> b_tile: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let batch = wid.z;
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let a_base = batch * p.a_batch_stride;
+    let b_base = batch * p.b_batch_stride;
+
+    var acc: array<vec4<f32>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+
+    let tiles = (p.k + TK - 1u) / TK;
+    for (var t = 0u; t < tiles; t++) {
+        let k0 = t * TK;
+        // A tile: 64 rows × 16 columns, 4 values per invocation, coalesced along K.
+        for (var s = 0u; s < 4u; s++) {
+            let idx = li + s * 256u;
+            let r = idx / TK;
+            let c = idx % TK;
+            let gr = row0 + r;
+            let gc = k0 + c;
+            var v = 0.0;
+            if (gr < p.m && gc < p.k) {
+                v = a[a_base + gr * p.k + gc];
+            }
+            a_tile[c * 16u + r / 4u][r % 4u] = v;
+        }
+        // B tile: 16 rows (K) × 64 columns (N).
+        for (var s = 0u; s < 4u; s++) {
+            let idx = li + s * 256u;
+            var kk: u32;
+            var nn: u32;
+            if (p.trans_b == 1u) {
+                nn = idx / TK;
+                kk = idx % TK;
+            } else {
+                kk = idx / TILE;
+                nn = idx % TILE;
+            }
+            let gk = k0 + kk;
+            let gn = col0 + nn;
+            var v = 0.0;
+            if (gk < p.k && gn < p.n) {
+                if (p.trans_b == 1u) {
+                    v = b[b_base + gn * p.k + gk];
+                } else {
+                    v = b[b_base + gk * p.n + gn];
+                }
+            }
+            b_tile[kk * 16u + nn / 4u][nn % 4u] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let av = a_tile[kk * 16u + lid.y];
+            let bv = b_tile[kk * 16u + lid.x];
+            acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+            acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+            acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+            acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+        }
+        workgroupBarrier();
+    }
+
+    let out_base = batch * p.m * p.n;
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + lid.y * 4u + i;
+        if (r < p.m) {
+            for (var j = 0u; j < 4u; j++) {
+                let c = col0 + lid.x * 4u + j;
+                if (c < p.n) {
+                    var v = acc[i][j];
+                    if (p.has_bias == 1u) {
+                        v += bias[c];
+                    }
+                    out[out_base + r * p.n + c] = v;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! `reimagen bench kernels`.

@@ -1,0 +1,1 @@
+//! `reimagen doctor`: the adapters wgpu finds and the device `auto` picks.
