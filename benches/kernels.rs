@@ -1,5 +1,5 @@
-//! `cargo bench --bench kernels -- [--device cpu,gpu] [--quick] [--json] [--torch PYTHON]
-//! [--torch-device cpu|cuda]`: runs `reimagen::tensor::bench::run` (what `reimagen bench
+//! `cargo bench --bench kernels -- [--device cpu,gpu] [--quick] [--json] [--json-out FILE]
+//! [--torch PYTHON] [--torch-device cpu|cuda]`: runs `reimagen::tensor::bench::run` (what `reimagen bench
 //! kernels` runs) and prints the report. Figures and the exact command are in docs/kernels.md.
 
 use reimagen::tensor::bench::{self, BenchOptions};
@@ -7,6 +7,7 @@ use reimagen::tensor::bench::{self, BenchOptions};
 fn main() {
     let mut options = BenchOptions::default();
     let mut json = false;
+    let mut json_out: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -18,6 +19,7 @@ fn main() {
             }
             "--quick" => options.quick = true,
             "--json" => json = true,
+            "--json-out" => json_out = Some(args.next().expect("--json-out needs a path")),
             "--torch" => options.torch_python = Some(args.next().expect("--torch needs a python")),
             "--torch-device" => {
                 options.torch_device = args.next().expect("--torch-device needs cpu or cuda")
@@ -29,15 +31,20 @@ fn main() {
             other => panic!("unknown argument {other:?}"),
         }
     }
-    match bench::run(&options) {
-        Ok(report) if json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serialises")
-        ),
-        Ok(report) => print!("{report}"),
+    let report = match bench::run(&options) {
+        Ok(report) => report,
         Err(e) => {
             eprintln!("bench kernels: {e}");
             std::process::exit(1);
         }
+    };
+    let text = serde_json::to_string_pretty(&report).expect("report serialises");
+    if let Some(path) = json_out {
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    if json {
+        println!("{text}");
+    } else {
+        print!("{report}");
     }
 }

@@ -2,6 +2,8 @@
 // where X̂ (the im2col matrix) is never built: its tile is gathered straight from the input,
 // with zeros for padding. Any kernel size, stride and padding; NCHW layout.
 //
+// The weights may be f16 (`weight_is_half`), unpacked as in matmul.wgsl.
+//
 // Same tiling as matmul.wgsl: 64×64 output tile per 16×16 workgroup, 4×4 per invocation,
 // K in steps of 16 through vec4 workgroup memory (8 KiB).
 
@@ -17,14 +19,23 @@ struct Params {
     ho: u32,
     wo: u32,
     has_bias: u32,
-    _pad: u32,
+    weight_is_half: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> weight_half: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+fn load_weight(i: u32) -> f32 {
+    if (p.weight_is_half == 1u) {
+        let pair = unpack2x16float(weight_half[i >> 1u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
+    }
+    return weight[i];
+}
 
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
@@ -63,7 +74,7 @@ fn conv2d(
             let gc = k0 + c;
             var v = 0.0;
             if (gr < m && gc < kdim) {
-                v = weight[gr * kdim + gc];
+                v = load_weight(gr * kdim + gc);
             }
             w_tile[c * 16u + r / 4u][r % 4u] = v;
         }

@@ -1,4 +1,6 @@
 // Batched matmul / linear: out[b] = A[b] (M×K) · B[b] (K×N, or N×K when trans_b) + bias (N).
+// B may be f16 weights (`b_is_half`): two per u32 word, unpacked with core WGSL's
+// unpack2x16float, so no SHADER_F16 is needed; products accumulate in f32.
 //
 // Tiled and register-blocked: a 16×16 workgroup computes a 64×64 output tile, each invocation a
 // 4×4 block held in four vec4 accumulators. K advances in steps of 16 through workgroup memory,
@@ -14,14 +16,23 @@ struct Params {
     a_batch_stride: u32,
     b_batch_stride: u32,
     has_bias: u32,
-    _pad: u32,
+    b_is_half: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> b_half: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+fn load_b(i: u32) -> f32 {
+    if (p.b_is_half == 1u) {
+        let pair = unpack2x16float(b_half[i >> 1u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
+    }
+    return b[i];
+}
 
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
@@ -80,9 +91,9 @@ fn matmul(
             var v = 0.0;
             if (gk < p.k && gn < p.n) {
                 if (p.trans_b == 1u) {
-                    v = b[b_base + gn * p.k + gk];
+                    v = load_b(b_base + gn * p.k + gk);
                 } else {
-                    v = b[b_base + gk * p.n + gn];
+                    v = load_b(b_base + gk * p.n + gn);
                 }
             }
             b_tile[kk * 16u + nn / 4u][nn % 4u] = v;

@@ -401,3 +401,53 @@ on_both_backends!(chained_ops_match_across_backends, |dev| {
     let ac = sc.attention(&sc, &sc, None, false, 0.25).unwrap();
     assert_normwise("chained block", &on_dev, &got(&ac), 1e-4);
 });
+
+/// f16 storage: weights rounded to 11 significant bits, so 1e-2 normwise against the f32 weights.
+const F16_TOL: f64 = 1e-2;
+
+fn f16_weights(shape: &[usize], seed: u64, dev: &Device) -> (Tensor, Vec<f64>) {
+    let v = values(shape.iter().product(), seed);
+    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let t = Tensor::weights_f16(&h, shape, dev).unwrap();
+    (t, v.into_iter().map(f64::from).collect())
+}
+
+on_both_backends!(f16_weights_in_linear_and_conv2d, |dev| {
+    let (x, xv) = tensor(&[3, 37], 140, dev);
+    // An odd element count, so the last packed word is half empty.
+    let (w, wv) = f16_weights(&[67, 37], 141, dev);
+    let (b, bv) = tensor(&[67], 142, dev);
+    if matches!(dev, Device::Wgpu(_)) {
+        assert_eq!(w.dtype(), reimagen::tensor::DType::F16);
+    }
+    let y = x.linear(&w, Some(&b)).unwrap();
+    assert_normwise(
+        "f16 linear",
+        &got(&y),
+        &linear_ref(&xv, &wv, Some(&bv), 3, 37, 67),
+        F16_TOL,
+    );
+    let rounded: Vec<f64> = wv
+        .iter()
+        .map(|&v| half::f16::from_f64(v).to_f64())
+        .collect();
+    assert_eq!(got(&w), rounded, "f16 weights read back exactly");
+
+    let (x, xv) = tensor(&[2, 5, 9, 7], 143, dev);
+    let (w, wv) = f16_weights(&[7, 5, 3, 3], 144, dev);
+    let y = x.conv2d(&w, None, 2, 1).unwrap();
+    let (want, _) = conv2d_ref(&xv, &wv, None, [2, 5, 9, 7], [7, 3, 3], 2, 1);
+    assert_normwise("f16 conv2d", &got(&y), &want, F16_TOL);
+
+    // Other ops read f32 only, and say so.
+    if matches!(dev, Device::Wgpu(_)) {
+        let e = w.add(&w).unwrap_err().to_string();
+        assert!(e.contains("f16"), "{e}");
+        assert!(
+            x.reshape(&[70, 9])
+                .unwrap()
+                .matmul(&w.reshape(&[9, 35]).unwrap())
+                .is_err()
+        );
+    }
+});

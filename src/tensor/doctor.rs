@@ -89,10 +89,11 @@ impl std::fmt::Display for DoctorReport {
             )?;
             writeln!(
                 f,
-                "      shader-f16: {}, subgroups: {}, storage binding ≤ {}, buffer ≤ {}, workgroup memory {} KiB, \
+                "      shader-f16: {}, subgroups: {}, cooperative-matrix: {}, storage binding ≤ {}, buffer ≤ {}, workgroup memory {} KiB, \
                  {} invocations/workgroup, {} workgroups/dimension",
                 yes(a.shader_f16),
                 yes(a.subgroups),
+                yes(a.cooperative_matrix),
                 size(a.max_storage_buffer_binding_size),
                 size(a.max_buffer_size),
                 a.max_compute_workgroup_storage_size / 1024,

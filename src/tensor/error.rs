@@ -19,6 +19,17 @@ pub enum TensorError {
         /// What does not fit, naming the tensors.
         reason: String,
     },
+    /// An op was given an f16 tensor where it reads only f32 (f16 is for `linear` and `conv2d`
+    /// weights).
+    #[error(
+        "{op}: {what} is f16; only the weights of linear and conv2d may be f16 (widen it with `to_device`)"
+    )]
+    Dtype {
+        /// The op.
+        op: &'static str,
+        /// The tensor, e.g. `"input [2, 3]"`.
+        what: String,
+    },
     /// The tensors given to an op live on different devices.
     #[error(
         "{op}: tensors live on different devices ({left} and {right}); move one with `to_device`"

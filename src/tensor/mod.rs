@@ -30,6 +30,6 @@ mod wgpu;
 
 pub use device::{DEVICE_ENV, Device, DeviceChoice};
 pub use error::{Result, TensorError};
-pub use tensor::Tensor;
+pub use tensor::{DType, Tensor};
 pub use weights::{Weights, WeightsDtype};
 pub use wgpu::{AdapterSummary, PoolStats, SHADERS, Shader, WgpuDevice};

@@ -6,7 +6,7 @@
 
 use super::cpu;
 use super::error::{Result, TensorError};
-use super::tensor::{Tensor, numel};
+use super::tensor::{DType, Tensor, numel};
 use super::wgpu::{self as gpu, WgpuDevice};
 
 /// Where an op's operands live, after checking that they all live in one place.
@@ -15,7 +15,19 @@ enum On<'a> {
     Gpu(&'a WgpuDevice),
 }
 
+/// Where the f32 operands `tensors` live.
 fn on<'a>(op: &'static str, tensors: &[&'a Tensor]) -> Result<On<'a>> {
+    if let Some(t) = tensors.iter().find(|t| t.dtype == DType::F16) {
+        return Err(TensorError::Dtype {
+            op,
+            what: format!("tensor {:?}", t.shape),
+        });
+    }
+    on_any(op, tensors)
+}
+
+/// Where the operands live, f16 weights allowed.
+fn on_any<'a>(op: &'static str, tensors: &[&'a Tensor]) -> Result<On<'a>> {
     use super::tensor::Storage;
     let mut found: Option<On<'a>> = None;
     for t in tensors {
@@ -187,9 +199,11 @@ impl Tensor {
         plan: MatmulPlan,
         shape: Vec<usize>,
     ) -> Result<Tensor> {
-        let mut operands = vec![self, rhs];
+        let mut operands = vec![self];
         operands.extend(bias);
-        match on("matmul", &operands)? {
+        on("matmul", &operands)?;
+        operands.push(rhs);
+        match on_any("matmul", &operands)? {
             On::Cpu => Ok(Tensor::from_cpu(
                 cpu::matmul::matmul(
                     self.cpu_data(),
@@ -204,6 +218,7 @@ impl Tensor {
                     d,
                     self.gpu_buffer(),
                     rhs.gpu_buffer(),
+                    rhs.dtype == DType::F16,
                     bias.map(|b| b.gpu_buffer()),
                     &plan,
                 )?;
@@ -238,6 +253,7 @@ impl Tensor {
                 format!("cannot multiply {:?} by {:?}", self.shape, rhs.shape),
             ));
         }
+        on("matmul", &[rhs])?;
         let plan = MatmulPlan {
             batch: numel(lead),
             m,
@@ -253,7 +269,7 @@ impl Tensor {
     }
 
     /// A linear layer: `[.., K] · weightᵀ + bias → [.., N]` with `weight` `[N, K]` (PyTorch's
-    /// layout) and an optional `bias` `[N]`.
+    /// layout) and an optional `bias` `[N]`. `weight` may be f16 ([`Tensor::weights_f16`]).
     ///
     /// # Errors
     /// When the shapes do not fit.
@@ -288,7 +304,8 @@ impl Tensor {
     }
 
     /// 2D convolution of NCHW images `[N, Cin, H, W]` with `weight` `[Cout, Cin, kh, kw]`, an
-    /// optional `bias` `[Cout]`, a `stride` and a zero `padding` on every side.
+    /// optional `bias` `[Cout]`, a `stride` and a zero `padding` on every side. `weight` may be
+    /// f16 ([`Tensor::weights_f16`]).
     ///
     /// # Errors
     /// When the shapes do not fit, or the kernel is larger than the padded image.
@@ -342,9 +359,11 @@ impl Tensor {
             wo: (w + 2 * padding - kw) / stride + 1,
         };
         let shape = vec![images, cout, plan.ho, plan.wo];
-        let mut operands = vec![self, weight];
+        let mut operands = vec![self];
         operands.extend(bias);
-        match on("conv2d", &operands)? {
+        on("conv2d", &operands)?;
+        operands.push(weight);
+        match on_any("conv2d", &operands)? {
             On::Cpu => Ok(Tensor::from_cpu(
                 cpu::conv2d::conv2d(
                     self.cpu_data(),
@@ -359,6 +378,7 @@ impl Tensor {
                     d,
                     self.gpu_buffer(),
                     weight.gpu_buffer(),
+                    weight.dtype == DType::F16,
                     bias.map(|b| b.gpu_buffer()),
                     &plan,
                 )?;

@@ -10,6 +10,17 @@ use super::device::Device;
 use super::error::{Result, TensorError};
 use super::wgpu::{GpuBuffer, WgpuDevice};
 
+/// The element type of a tensor's storage. Ops compute in f32 whatever the storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum DType {
+    /// 32-bit float: every tensor, unless made with [`Tensor::weights_f16`].
+    #[default]
+    F32,
+    /// IEEE half, two per 32-bit word: weights on a wgpu device, read by `linear` and
+    /// `conv2d` (half the memory and bandwidth; accumulation stays f32).
+    F16,
+}
+
 #[derive(Clone)]
 pub(crate) enum Storage {
     Cpu(Arc<Vec<f32>>),
@@ -29,11 +40,18 @@ pub(crate) enum Storage {
 pub struct Tensor {
     pub(crate) shape: Vec<usize>,
     pub(crate) storage: Storage,
+    pub(crate) dtype: DType,
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({:?} on {})", self.shape, self.device().name())
+        write!(
+            f,
+            "Tensor({:?} {:?} on {})",
+            self.shape,
+            self.dtype,
+            self.device().name()
+        )
     }
 }
 
@@ -54,21 +72,62 @@ impl Tensor {
             ));
         }
         Ok(match device {
-            Device::Cpu => Tensor {
-                shape: shape.to_vec(),
-                storage: Storage::Cpu(Arc::new(data)),
-            },
+            Device::Cpu => Tensor::from_cpu(data, shape.to_vec()),
             Device::Wgpu(d) => {
                 let words: &[u32] = bytemuck::cast_slice(&data);
                 let buffer = d
                     .ctx
                     .upload("from_vec", &format!("tensor {shape:?}"), words)?;
-                Tensor {
-                    shape: shape.to_vec(),
-                    storage: Storage::Wgpu(d.clone(), Arc::new(buffer)),
-                }
+                Tensor::from_gpu(d, buffer, shape.to_vec())
             }
         })
+    }
+
+    /// Weights stored as f16, for [`Tensor::linear`] and [`Tensor::conv2d`]. On a wgpu device
+    /// they stay f16 (half the memory and bandwidth; the kernels unpack them and accumulate in
+    /// f32). The CPU backend computes in f32, so there they are widened once, here; so are they on
+    /// the rare downlevel adapter without `unpack2x16float`.
+    ///
+    /// # Errors
+    /// When `values` does not have `shape`'s size, or it does not fit the adapter.
+    pub fn weights_f16(values: &[half::f16], shape: &[usize], device: &Device) -> Result<Tensor> {
+        if values.len() != numel(shape) {
+            return Err(TensorError::shape(
+                "weights_f16",
+                format!("{} values cannot have shape {shape:?}", values.len()),
+            ));
+        }
+        match device {
+            Device::Cpu => Ok(Tensor::from_cpu(
+                values.iter().map(|v| v.to_f32()).collect(),
+                shape.to_vec(),
+            )),
+            Device::Wgpu(d) if !d.ctx.f16_unpack => {
+                let wide: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+                Tensor::from_vec(wide, shape, device)
+            }
+            Device::Wgpu(d) => {
+                let words: Vec<u32> = values
+                    .chunks(2)
+                    .map(|pair| {
+                        let lo = pair[0].to_bits() as u32;
+                        let hi = pair.get(1).map_or(0, |v| v.to_bits() as u32);
+                        lo | (hi << 16)
+                    })
+                    .collect();
+                let buffer =
+                    d.ctx
+                        .upload("weights_f16", &format!("f16 tensor {shape:?}"), &words)?;
+                let mut t = Tensor::from_gpu(d, buffer, shape.to_vec());
+                t.dtype = DType::F16;
+                Ok(t)
+            }
+        }
+    }
+
+    /// The storage element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// A tensor of zeros.
@@ -84,6 +143,7 @@ impl Tensor {
         Tensor {
             shape,
             storage: Storage::Cpu(Arc::new(data)),
+            dtype: DType::F32,
         }
     }
 
@@ -91,6 +151,7 @@ impl Tensor {
         Tensor {
             shape,
             storage: Storage::Wgpu(device.clone(), Arc::new(buffer)),
+            dtype: DType::F32,
         }
     }
 
@@ -124,16 +185,27 @@ impl Tensor {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::Cpu(data) => Ok(data.as_ref().clone()),
-            Storage::Wgpu(d, buffer) => d.ctx.read(buffer, self.numel()),
+            Storage::Wgpu(d, buffer) if self.dtype == DType::F16 => {
+                let words = d.ctx.read(buffer, self.numel().div_ceil(2))?;
+                Ok(words
+                    .iter()
+                    .flat_map(|w| [*w as u16, (*w >> 16) as u16])
+                    .take(self.numel())
+                    .map(|bits| half::f16::from_bits(bits).to_f32())
+                    .collect())
+            }
+            Storage::Wgpu(d, buffer) => {
+                Ok(bytemuck::cast_slice(&d.ctx.read(buffer, self.numel())?).to_vec())
+            }
         }
     }
 
-    /// The same values on another device (a cheap clone when it is already there).
+    /// The same values on another device (a cheap clone when it is already there), in f32.
     ///
     /// # Errors
     /// A GPU backend error, or the tensor does not fit the target adapter.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
-        if &self.device() == device {
+        if &self.device() == device && self.dtype == DType::F32 {
             return Ok(self.clone());
         }
         Tensor::from_vec(self.to_vec()?, &self.shape, device)
@@ -153,6 +225,7 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: self.storage.clone(),
+            dtype: self.dtype,
         })
     }
 

@@ -227,6 +227,27 @@ impl Weights {
         Tensor::from_vec(values, &shape, device)
     }
 
+    /// The tensor `name` as f16 weights ([`Tensor::weights_f16`]): kept f16 on a wgpu device,
+    /// for `linear` and `conv2d`. f16 values in the file are taken bit for bit; f32 and bf16
+    /// are rounded to f16.
+    ///
+    /// # Errors
+    /// When the tensor is missing, or does not fit the device.
+    pub fn tensor_f16(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let (view, _) = self.view(name)?;
+        let shape = view.shape().to_vec();
+        let values: Vec<half::f16> = if view.dtype() == Dtype::F16 {
+            view.data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                .collect()
+        } else {
+            let (v, _) = self.get_f32(name)?;
+            v.into_iter().map(half::f16::from_f32).collect()
+        };
+        Tensor::weights_f16(&values, &shape, device)
+    }
+
     /// Like [`Weights::tensor`], also checking the shape, so a model names the tensor that does
     /// not match its config.
     ///

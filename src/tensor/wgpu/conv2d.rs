@@ -11,10 +11,12 @@ pub(crate) const SHADER: Shader = Shader {
 
 const TILE: usize = 64;
 
+/// `weight_is_half`: `weight` holds f16 pairs packed in u32 words.
 pub(crate) fn conv2d(
     d: &WgpuDevice,
     x: &GpuBuffer,
     weight: &GpuBuffer,
+    weight_is_half: bool,
     bias: Option<&GpuBuffer>,
     p: &ConvPlan,
 ) -> Result<GpuBuffer> {
@@ -28,13 +30,12 @@ pub(crate) fn conv2d(
     )?;
     word(OP, "output", elements)?;
     word(OP, "input", p.images * p.cin * p.h * p.w)?;
-    let dummy;
-    let bias_buffer = match bias {
-        Some(b) => b,
-        None => {
-            dummy = ctx.alloc(OP, "bias", 1)?;
-            &dummy
-        }
+    let dummy = ctx.alloc(OP, "unused binding", 1)?;
+    let bias_buffer = bias.unwrap_or(&dummy);
+    let (w_f32, w_f16) = if weight_is_half {
+        (&dummy, weight)
+    } else {
+        (weight, &dummy)
     };
     let params = [
         p.cin as u32,
@@ -48,7 +49,7 @@ pub(crate) fn conv2d(
         p.ho as u32,
         p.wo as u32,
         bias.is_some() as u32,
-        0,
+        weight_is_half as u32,
     ];
     let grid = [
         word(OP, "pixel tiles", (p.ho * p.wo).div_ceil(TILE))?,
@@ -59,7 +60,7 @@ pub(crate) fn conv2d(
         OP,
         &SHADER,
         "conv2d",
-        &[x, weight, bias_buffer, &out],
+        &[x, w_f32, w_f16, bias_buffer, &out],
         &params,
         grid,
     )?;

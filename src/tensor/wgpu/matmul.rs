@@ -12,10 +12,12 @@ pub(crate) const SHADER: Shader = Shader {
 /// Output rows and columns per workgroup.
 const TILE: usize = 64;
 
+/// `b_is_half`: `b` holds f16 pairs packed in u32 words.
 pub(crate) fn matmul(
     d: &WgpuDevice,
     a: &GpuBuffer,
     b: &GpuBuffer,
+    b_is_half: bool,
     bias: Option<&GpuBuffer>,
     p: &MatmulPlan,
 ) -> Result<GpuBuffer> {
@@ -26,14 +28,10 @@ pub(crate) fn matmul(
         &format!("output [{}, {}, {}]", p.batch, p.m, p.n),
         p.batch * p.m * p.n,
     )?;
-    let dummy;
-    let bias_buffer = match bias {
-        Some(b) => b,
-        None => {
-            dummy = ctx.alloc(OP, "bias", 1)?;
-            &dummy
-        }
-    };
+    // Every binding the kernel declares must be bound; the unused ones get a 1-value stand-in.
+    let dummy = ctx.alloc(OP, "unused binding", 1)?;
+    let bias_buffer = bias.unwrap_or(&dummy);
+    let (b_f32, b_f16) = if b_is_half { (&dummy, b) } else { (b, &dummy) };
     let params = [
         word(OP, "M", p.m)?,
         word(OP, "N", p.n)?,
@@ -42,7 +40,7 @@ pub(crate) fn matmul(
         word(OP, "lhs batch stride", p.a_batch_stride)?,
         word(OP, "rhs batch stride", p.b_batch_stride)?,
         bias.is_some() as u32,
-        0,
+        b_is_half as u32,
     ];
     word(OP, "output", p.batch * p.m * p.n)?;
     let grid = [
@@ -54,7 +52,7 @@ pub(crate) fn matmul(
         OP,
         &SHADER,
         "matmul",
-        &[a, b, bias_buffer, &out],
+        &[a, b_f32, b_f16, bias_buffer, &out],
         &params,
         grid,
     )?;

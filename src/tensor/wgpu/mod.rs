@@ -113,6 +113,9 @@ struct Batch {
 }
 
 pub(crate) struct GpuContext {
+    /// Whether WGSL's `unpack2x16float` is available (not on some downlevel GL adapters); without
+    /// it f16 weights are widened to f32 on upload.
+    pub(crate) f16_unpack: bool,
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
@@ -182,6 +185,9 @@ pub struct AdapterSummary {
     pub shader_f16: bool,
     /// Whether subgroup operations are available (`SUBGROUP`).
     pub subgroups: bool,
+    /// Whether cooperative matrices (tensor cores) are exposed
+    /// (`EXPERIMENTAL_COOPERATIVE_MATRIX`). Not used by the kernels yet.
+    pub cooperative_matrix: bool,
     /// `max_storage_buffer_binding_size` in bytes.
     pub max_storage_buffer_binding_size: u64,
     /// `max_buffer_size` in bytes.
@@ -209,6 +215,7 @@ impl AdapterSummary {
                 .to_string(),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            cooperative_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
@@ -279,6 +286,10 @@ impl WgpuDevice {
 
     pub(crate) fn open(adapter: wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
+        let f16_unpack = adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
         let features = adapter.features() & wgpu::Features::SHADER_F16;
         let desc = wgpu::DeviceDescriptor {
             label: Some("reimagen tensor runtime"),
@@ -301,6 +312,7 @@ impl WgpuDevice {
         let limits = device.limits();
         Ok(WgpuDevice {
             ctx: Arc::new(GpuContext {
+                f16_unpack,
                 device,
                 queue,
                 info,
@@ -607,8 +619,9 @@ impl GpuContext {
         self.take_error("submit")
     }
 
-    /// Copies a buffer back to the host (submits everything recorded first).
-    pub(crate) fn read(&self, buffer: &GpuBuffer, elements: usize) -> Result<Vec<f32>> {
+    /// Copies `elements` 32-bit words of a buffer back to the host (submits everything
+    /// recorded first).
+    pub(crate) fn read(&self, buffer: &GpuBuffer, elements: usize) -> Result<Vec<u32>> {
         if elements == 0 {
             return Ok(Vec::new());
         }
@@ -652,7 +665,7 @@ impl GpuContext {
                         reason: e.to_string(),
                     }
                 })?;
-                bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+                bytemuck::cast_slice::<u8, u32>(&view).to_vec()
             };
         staging.unmap();
         self.release(BufferKind::Staging, class, staging);
