@@ -1,4 +1,4 @@
-// Element-wise ops: `unary` (GELU, quick-GELU, SiLU, affine x·a + b) and `binary` (add, sub,
+// Element-wise ops: `unary` (GELU, quick-GELU, SiLU, affine x·a + b, clamp to [a, b]) and `binary` (add, sub,
 // mul) with NumPy broadcasting up to rank 8. One invocation per output element, 256 per
 // workgroup, on a 2D grid folded back into a linear index.
 
@@ -14,6 +14,7 @@ const GELU: u32 = 0u;
 const QUICK_GELU: u32 = 1u;
 const SILU: u32 = 2u;
 const AFFINE: u32 = 3u;
+const CLAMP: u32 = 4u;
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
@@ -53,6 +54,9 @@ fn unary(
         }
         case SILU: {
             r = v * sigmoid(v);
+        }
+        case CLAMP: {
+            r = clamp(v, up.a, up.b);
         }
         default: {
             r = v * up.a + up.b;

@@ -243,6 +243,13 @@ on_both_backends!(activations, |dev| {
     );
     assert_elementwise("silu", &got(&x.silu().unwrap()), &map(silu_ref), ATOL, RTOL);
     assert_elementwise(
+        "clamp",
+        &got(&x.clamp(-1.0, 0.5).unwrap()),
+        &map(|v| v.clamp(-1.0, 0.5)),
+        0.0,
+        0.0,
+    );
+    assert_elementwise(
         "affine",
         &got(&x.affine(-0.5, 2.0).unwrap()),
         &map(|v| v * -0.5 + 2.0),
@@ -450,4 +457,31 @@ on_both_backends!(f16_weights_in_linear_and_conv2d, |dev| {
                 .is_err()
         );
     }
+});
+
+on_both_backends!(l2_normalize_rows, |dev| {
+    for shape in [vec![3, 512], vec![2, 5, 7], vec![4, 300]] {
+        let len = *shape.last().unwrap();
+        let (x, xv) = tensor(&shape, 150, dev);
+        let want: Vec<f64> = xv
+            .chunks(len)
+            .flat_map(|r| {
+                let n = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+                r.iter().map(move |v| v / n).collect::<Vec<_>>()
+            })
+            .collect();
+        let y = x.l2_normalize(1e-12).unwrap();
+        assert_elementwise(
+            &format!("l2_normalize {shape:?}"),
+            &got(&y),
+            &want,
+            ATOL,
+            RTOL,
+        );
+    }
+    let zero = Tensor::zeros(&[1, 4], dev)
+        .unwrap()
+        .l2_normalize(1e-12)
+        .unwrap();
+    assert_eq!(zero.to_vec().unwrap(), [0.0; 4], "a zero row stays zero");
 });

@@ -112,6 +112,8 @@ pub(crate) enum UnaryOp {
     Silu,
     /// `x · a + b`
     Affine(f32, f32),
+    /// `min(max(x, a), b)`
+    Clamp(f32, f32),
 }
 
 /// The element-wise functions of two inputs.
@@ -669,6 +671,33 @@ impl Tensor {
     /// A backend error.
     pub fn affine(&self, a: f32, b: f32) -> Result<Tensor> {
         self.unary(UnaryOp::Affine(a, b))
+    }
+
+    /// `x` clamped to `[min, max]` (e.g. a sampler's x̂₀ to [-1, 1]).
+    ///
+    /// # Errors
+    /// A backend error.
+    pub fn clamp(&self, min: f32, max: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Clamp(min, max))
+    }
+
+    /// Each row of the last axis divided by its L2 norm (at least `eps`), as PyTorch's
+    /// `F.normalize`: CLIP's embeddings.
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn l2_normalize(&self, eps: f32) -> Result<Tensor> {
+        let (rows, len) = self.rows("l2_normalize")?;
+        match on("l2_normalize", &[self])? {
+            On::Cpu => Ok(Tensor::from_cpu(
+                cpu::softmax::l2_normalize(self.cpu_data(), rows, len, eps),
+                self.shape.clone(),
+            )),
+            On::Gpu(d) => {
+                let out = gpu::softmax::l2_normalize(d, self.gpu_buffer(), rows, len, eps)?;
+                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
+            }
+        }
     }
 
     fn binary(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {

@@ -1,4 +1,5 @@
-//! CPU element-wise ops: GELU (erf form), quick-GELU, SiLU, affine, and broadcast add/sub/mul.
+//! CPU element-wise ops: GELU (erf form), quick-GELU, SiLU, affine, clamp, and broadcast
+//! add/sub/mul.
 //! Mirrors `shaders/elementwise.wgsl`, down to the erf approximation.
 
 use rayon::prelude::*;
@@ -22,6 +23,7 @@ fn apply(v: f32, op: UnaryOp) -> f32 {
         UnaryOp::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
         UnaryOp::Silu => v / (1.0 + (-v).exp()),
         UnaryOp::Affine(a, b) => v * a + b,
+        UnaryOp::Clamp(lo, hi) => v.clamp(lo, hi),
     }
 }
 

@@ -1,4 +1,5 @@
-//! CPU softmax over the last axis, parallel over rows. Mirrors `shaders/softmax.wgsl`.
+//! CPU softmax and L2 normalisation over the last axis, parallel over rows. Mirrors
+//! `shaders/softmax.wgsl`.
 //!
 //! The exponential is a branch-free polynomial ([`exp_approx`], relative error < 2e-7) written
 //! so that LLVM vectorises the row loops: attention spends most of its non-GEMM time here, and
@@ -65,6 +66,16 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
 pub(crate) fn softmax(x: &[f32], rows: usize, len: usize) -> Vec<f32> {
     let mut out = x[..rows * len].to_vec();
     out.par_chunks_mut(len).for_each(softmax_row);
+    out
+}
+
+pub(crate) fn l2_normalize(x: &[f32], rows: usize, len: usize, eps: f32) -> Vec<f32> {
+    let mut out = x[..rows * len].to_vec();
+    out.par_chunks_mut(len).for_each(|row| {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let inv = 1.0 / norm.max(eps);
+        row.iter_mut().for_each(|v| *v *= inv);
+    });
     out
 }
 

@@ -18,6 +18,7 @@ pub(crate) fn unary(d: &WgpuDevice, x: &GpuBuffer, len: usize, op: UnaryOp) -> R
         UnaryOp::QuickGelu => (1, 0.0, 0.0),
         UnaryOp::Silu => (2, 0.0, 0.0),
         UnaryOp::Affine(a, b) => (3, a, b),
+        UnaryOp::Clamp(a, b) => (4, a, b),
     };
     let grid = ctx.elementwise_grid(OP, len)?;
     ctx.dispatch(
