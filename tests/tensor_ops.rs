@@ -24,6 +24,8 @@ on_both_backends!(matmul_batched_awkward, |dev| {
         (1, 1, 1, 1),
         (2, 130, 17, 5),
         (1, 64, 64, 64),
+        (2, 67, 36, 92),
+        (1, 3, 4, 4),
         (2, 5, 129, 66),
     ] {
         let (a, av) = tensor(&[batch, m, k], 1, dev);
@@ -72,6 +74,23 @@ on_both_backends!(linear_with_and_without_bias, |dev| {
         "linear",
         &got(&y),
         &linear_ref(&xv, &wv, None, 129, 64, 3),
+        GEMM_TOL,
+    );
+    // K a multiple of 4 (vec4 loads) with N and M off the tile.
+    let (x, xv) = tensor(&[5, 40], 10, dev);
+    let (w, wv) = tensor(&[67, 40], 11, dev);
+    let y = x
+        .linear(
+            &w,
+            Some(&b.narrow(0, 0, 65).unwrap().narrow(0, 0, 65).unwrap()),
+        )
+        .err();
+    assert!(y.is_some(), "bias of the wrong length is refused");
+    let y = x.linear(&w, None).unwrap();
+    assert_normwise(
+        "linear vec4",
+        &got(&y),
+        &linear_ref(&xv, &wv, None, 5, 40, 67),
         GEMM_TOL,
     );
 });

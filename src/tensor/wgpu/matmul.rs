@@ -28,10 +28,22 @@ pub(crate) fn matmul(
         &format!("output [{}, {}, {}]", p.batch, p.m, p.n),
         p.batch * p.m * p.n,
     )?;
-    // Every binding the kernel declares must be bound; the unused ones get a 1-value stand-in.
-    let dummy = ctx.alloc(OP, "unused binding", 1)?;
+    // Every binding the kernel declares must be bound; the unused ones get a stand-in of one
+    // vec4 (the smallest a vec4 array binding accepts).
+    let dummy = ctx.alloc(OP, "unused binding", 4)?;
     let bias_buffer = bias.unwrap_or(&dummy);
     let (b_f32, b_f16) = if b_is_half { (&dummy, b) } else { (b, &dummy) };
+    // vec4 loads need the contiguous axis (and so every row start and batch stride) to be a
+    // multiple of 4 values.
+    let a_vec4 = p.k % 4 == 0;
+    let b_vec4 = !b_is_half
+        && if p.trans_b {
+            p.k % 4 == 0
+        } else {
+            p.n % 4 == 0
+        };
+    let a4 = if a_vec4 { a } else { &dummy };
+    let b4 = if b_vec4 { b } else { &dummy };
     let params = [
         word(OP, "M", p.m)?,
         word(OP, "N", p.n)?,
@@ -41,6 +53,10 @@ pub(crate) fn matmul(
         word(OP, "rhs batch stride", p.b_batch_stride)?,
         bias.is_some() as u32,
         b_is_half as u32,
+        a_vec4 as u32,
+        b_vec4 as u32,
+        0,
+        0,
     ];
     word(OP, "output", p.batch * p.m * p.n)?;
     let grid = [
@@ -52,7 +68,7 @@ pub(crate) fn matmul(
         OP,
         &SHADER,
         "matmul",
-        &[a, b_f32, b_f16, bias_buffer, &out],
+        &[a, a4, b_f32, b4, b_f16, bias_buffer, &out],
         &params,
         grid,
     )?;
