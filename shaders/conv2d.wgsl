@@ -5,7 +5,8 @@
 // The weights may be f16 (`weight_is_half`), unpacked as in matmul.wgsl.
 //
 // Same tiling as matmul.wgsl: 64×64 output tile per 16×16 workgroup, 4×4 per invocation,
-// K in steps of 16 through vec4 workgroup memory (8 KiB).
+// K in steps of 16 through padded vec4 workgroup memory (8.5 KiB). Weights are loaded as vec4
+// when Cin·kh·kw is a multiple of 4 (`weight_vec4`); the input gather is scalar.
 
 struct Params {
     cin: u32,
@@ -20,14 +21,19 @@ struct Params {
     wo: u32,
     has_bias: u32,
     weight_is_half: u32,
+    weight_vec4: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
-@group(0) @binding(2) var<storage, read> weight_half: array<u32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> weight4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> weight_half: array<u32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<uniform> p: Params;
 
 fn load_weight(i: u32) -> f32 {
     if (p.weight_is_half == 1u) {
@@ -39,9 +45,12 @@ fn load_weight(i: u32) -> f32 {
 
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
+// Row stride of the staged tiles in vec4s: 16 plus one of padding, so that the transposing
+// stores of a tile do not all land in one memory bank.
+const ROW: u32 = 17u;
 
-var<workgroup> w_tile: array<vec4<f32>, 256>;
-var<workgroup> x_tile: array<vec4<f32>, 256>;
+var<workgroup> w_tile: array<vec4<f32>, 272>;
+var<workgroup> x_tile: array<vec4<f32>, 272>;
 
 @compute @workgroup_size(16, 16, 1)
 fn conv2d(
@@ -66,17 +75,30 @@ fn conv2d(
     let tiles = (kdim + TK - 1u) / TK;
     for (var t = 0u; t < tiles; t++) {
         let k0 = t * TK;
-        for (var s = 0u; s < 4u; s++) {
-            let idx = li + s * 256u;
-            let r = idx / TK;
-            let c = idx % TK;
+        if (p.weight_vec4 == 1u) {
+            let r = li / 4u;
+            let kq = (li % 4u) * 4u;
             let gr = row0 + r;
-            let gc = k0 + c;
-            var v = 0.0;
-            if (gr < m && gc < kdim) {
-                v = load_weight(gr * kdim + gc);
+            var v = vec4<f32>(0.0);
+            if (gr < m && k0 + kq < kdim) {
+                v = weight4[(gr * kdim + k0 + kq) / 4u];
             }
-            w_tile[c * 16u + r / 4u][r % 4u] = v;
+            for (var j = 0u; j < 4u; j++) {
+                w_tile[(kq + j) * ROW + r / 4u][r % 4u] = v[j];
+            }
+        } else {
+            for (var s = 0u; s < 4u; s++) {
+                let idx = li + s * 256u;
+                let r = idx / TK;
+                let c = idx % TK;
+                let gr = row0 + r;
+                let gc = k0 + c;
+                var v = 0.0;
+                if (gr < m && gc < kdim) {
+                    v = load_weight(gr * kdim + gc);
+                }
+                w_tile[c * ROW + r / 4u][r % 4u] = v;
+            }
         }
         for (var s = 0u; s < 4u; s++) {
             let idx = li + s * 256u;
@@ -99,12 +121,12 @@ fn conv2d(
                     v = x[x_base + (ci * p.h + u32(iy)) * p.w + u32(ix)];
                 }
             }
-            x_tile[kk * 16u + nn / 4u][nn % 4u] = v;
+            x_tile[kk * ROW + nn / 4u][nn % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let wv = w_tile[kk * 16u + lid.y];
-            let xv = x_tile[kk * 16u + lid.x];
+            let wv = w_tile[kk * ROW + lid.y];
+            let xv = x_tile[kk * ROW + lid.x];
             acc[0] = fma(vec4<f32>(wv.x), xv, acc[0]);
             acc[1] = fma(vec4<f32>(wv.y), xv, acc[1]);
             acc[2] = fma(vec4<f32>(wv.z), xv, acc[2]);

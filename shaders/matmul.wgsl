@@ -44,11 +44,14 @@ fn load_b(i: u32) -> f32 {
 
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
+// Row stride of the staged tiles in vec4s: 16 plus one of padding, so that the transposing
+// stores of a tile do not all land in one memory bank.
+const ROW: u32 = 17u;
 
 // a_tile[k * 16 + i] holds A rows 4i..4i+3 at column k of the tile; b_tile[k * 16 + j] holds B
 // columns 4j..4j+3 at row k.
-var<workgroup> a_tile: array<vec4<f32>, 256>;
-var<workgroup> b_tile: array<vec4<f32>, 256>;
+var<workgroup> a_tile: array<vec4<f32>, 272>;
+var<workgroup> b_tile: array<vec4<f32>, 272>;
 
 fn stage_a(li: u32, a_base: u32, row0: u32, k0: u32) {
     if (p.a_vec4 == 1u) {
@@ -61,7 +64,7 @@ fn stage_a(li: u32, a_base: u32, row0: u32, k0: u32) {
             v = a4[(a_base + gr * p.k + k0 + kq) / 4u];
         }
         for (var j = 0u; j < 4u; j++) {
-            a_tile[(kq + j) * 16u + r / 4u][r % 4u] = v[j];
+            a_tile[(kq + j) * ROW + r / 4u][r % 4u] = v[j];
         }
         return;
     }
@@ -75,7 +78,7 @@ fn stage_a(li: u32, a_base: u32, row0: u32, k0: u32) {
         if (gr < p.m && gc < p.k) {
             v = a[a_base + gr * p.k + gc];
         }
-        a_tile[c * 16u + r / 4u][r % 4u] = v;
+        a_tile[c * ROW + r / 4u][r % 4u] = v;
     }
 }
 
@@ -90,7 +93,7 @@ fn stage_b(li: u32, b_base: u32, col0: u32, k0: u32) {
         if (gk < p.k && gn < p.n) {
             v = b4[(b_base + gk * p.n + gn) / 4u];
         }
-        b_tile[kk * 16u + nq] = v;
+        b_tile[kk * ROW + nq] = v;
         return;
     }
     if (p.b_vec4 == 1u) {
@@ -103,7 +106,7 @@ fn stage_b(li: u32, b_base: u32, col0: u32, k0: u32) {
             v = b4[(b_base + gn * p.k + k0 + kq) / 4u];
         }
         for (var j = 0u; j < 4u; j++) {
-            b_tile[(kq + j) * 16u + nn / 4u][nn % 4u] = v[j];
+            b_tile[(kq + j) * ROW + nn / 4u][nn % 4u] = v[j];
         }
         return;
     }
@@ -128,7 +131,7 @@ fn stage_b(li: u32, b_base: u32, col0: u32, k0: u32) {
                 v = load_b(b_base + gk * p.n + gn);
             }
         }
-        b_tile[kk * 16u + nn / 4u][nn % 4u] = v;
+        b_tile[kk * ROW + nn / 4u][nn % 4u] = v;
     }
 }
 
@@ -156,8 +159,8 @@ fn matmul(
         stage_b(li, b_base, col0, k0);
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let av = a_tile[kk * 16u + lid.y];
-            let bv = b_tile[kk * 16u + lid.x];
+            let av = a_tile[kk * ROW + lid.y];
+            let bv = b_tile[kk * ROW + lid.x];
             acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
             acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
             acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);

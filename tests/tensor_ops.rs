@@ -104,6 +104,9 @@ on_both_backends!(conv2d_kernels_strides_padding, |dev| {
         ([1, 6, 9, 7], 3, 1, 2, 0, true),
         ([1, 3, 16, 12], 5, 4, 4, 0, true),
         ([3, 1, 5, 5], 2, 3, 1, 0, false),
+        // Cin·kh·kw a multiple of 4: vec4 weight loads.
+        ([2, 4, 7, 9], 67, 3, 1, 1, true),
+        ([1, 8, 6, 5], 5, 1, 1, 0, false),
     ];
     for (i, &(shape, cout, kk, stride, pad, with_bias)) in cases.iter().enumerate() {
         let (x, xv) = tensor(&shape, 10 + i as u64, dev);

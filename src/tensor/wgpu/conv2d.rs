@@ -30,13 +30,16 @@ pub(crate) fn conv2d(
     )?;
     word(OP, "output", elements)?;
     word(OP, "input", p.images * p.cin * p.h * p.w)?;
-    let dummy = ctx.alloc(OP, "unused binding", 1)?;
+    // Unused bindings get a stand-in of one vec4 (the smallest a vec4 array binding accepts).
+    let dummy = ctx.alloc(OP, "unused binding", 4)?;
     let bias_buffer = bias.unwrap_or(&dummy);
     let (w_f32, w_f16) = if weight_is_half {
         (&dummy, weight)
     } else {
         (weight, &dummy)
     };
+    let weight_vec4 = !weight_is_half && (p.cin * p.kh * p.kw) % 4 == 0;
+    let w4 = if weight_vec4 { weight } else { &dummy };
     let params = [
         p.cin as u32,
         p.h as u32,
@@ -50,6 +53,10 @@ pub(crate) fn conv2d(
         p.wo as u32,
         bias.is_some() as u32,
         weight_is_half as u32,
+        weight_vec4 as u32,
+        0,
+        0,
+        0,
     ];
     let grid = [
         word(OP, "pixel tiles", (p.ho * p.wo).div_ceil(TILE))?,
@@ -60,7 +67,7 @@ pub(crate) fn conv2d(
         OP,
         &SHADER,
         "conv2d",
-        &[x, w_f32, w_f16, bias_buffer, &out],
+        &[x, w_f32, w4, w_f16, bias_buffer, &out],
         &params,
         grid,
     )?;
