@@ -2,7 +2,7 @@
 //! backend, type, f16, subgroups, limits), the CPU backend's threads, and the device `auto`
 //! (and `REIMAGEN_DEVICE`) picks. [`report`] gathers it; the CLI prints it as text or JSON.
 
-use super::device::{DEVICE_ENV, Device, DeviceChoice};
+use super::device::{DEVICE_ENV, DeviceChoice};
 use super::wgpu::{AdapterSummary, adapters, is_hardware};
 
 /// What `reimagen doctor` reports.
@@ -115,9 +115,4 @@ impl std::fmt::Display for DoctorReport {
 
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
-}
-
-/// The device a report's `auto` line describes (for callers that want to open it).
-pub fn auto_device() -> Device {
-    Device::auto()
 }
