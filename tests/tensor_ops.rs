@@ -507,3 +507,21 @@ on_both_backends!(l2_normalize_rows, |dev| {
         .unwrap();
     assert_eq!(zero.to_vec().unwrap(), [0.0; 4], "a zero row stays zero");
 });
+
+on_both_backends!(empty_tensors_pass_through, |dev| {
+    let a = Tensor::zeros(&[0, 5], dev).unwrap();
+    let b = Tensor::zeros(&[5, 3], dev).unwrap();
+    let c = a.matmul(&b).unwrap();
+    assert_eq!(c.shape(), &[0, 3]);
+    assert!(c.to_vec().unwrap().is_empty());
+    assert!(a.silu().unwrap().to_vec().unwrap().is_empty());
+    assert_eq!(Tensor::concat(&[&a, &a], 0).unwrap().shape(), &[0, 5]);
+    // K = 0: the product is all zeros (plus the bias).
+    let x = Tensor::zeros(&[2, 0], dev).unwrap();
+    let w = Tensor::zeros(&[3, 0], dev).unwrap();
+    let bias = Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3], dev).unwrap();
+    assert_eq!(
+        x.linear(&w, Some(&bias)).unwrap().to_vec().unwrap(),
+        [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+    );
+});
