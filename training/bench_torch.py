@@ -4,6 +4,12 @@ shapes, the same work definitions and the same timing rule (one warm-up, then th
 10 runs, 3 with --quick, stopping after 3 s once 3 runs are in), so the ratios are like for like.
 
     python training/bench_torch.py [--json] [--threads N] [--device cpu|cuda] [--quick]
+    python training/bench_torch.py --serve [--threads N] [--device cpu|cuda]
+
+With --serve (what `bench kernels --torch PYTHON` uses) it prints a header line (JSON: version,
+device, threads), then answers requests on stdin, one JSON per line, {"case": NAME, "runs": N},
+with {"name": NAME, "times": [seconds, ...]}: the Rust side alternates its own runs with
+PyTorch's, case by case, so both see the same machine load.
 
 Cases (names match CASES in bench.rs):
   matmul_MxKxN         F.linear(x [M,K], w [N,K])                 2·M·N·K flops
@@ -13,7 +19,7 @@ Cases (names match CASES in bench.rs):
 """
 import argparse
 import json
-import statistics
+import sys
 import time
 
 import torch
@@ -62,11 +68,16 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--serve", action="store_true")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    device = a.device if dev.type != "cuda" else f"cuda ({torch.cuda.get_device_name()})"
+    if a.serve:
+        serve(dev, sync, device)
+        return
     max_runs = 3 if a.quick else 10
     results = []
     with torch.inference_mode():
@@ -83,7 +94,6 @@ def main():
             t = sorted(times)[len(times) // 2]
             results.append({"name": name, "kind": kind, "median_ms": t * 1e3,
                             "rate": work(kind, d) * 1e-9 / t, "runs": len(times)})
-    device = a.device if dev.type != "cuda" else f"cuda ({torch.cuda.get_device_name()})"
     report = {"torch_version": torch.__version__, "device": device,
               "threads": torch.get_num_threads(), "cases": results}
     if a.json:
@@ -92,6 +102,26 @@ def main():
         print(f"PyTorch {report['torch_version']} on {device}, {report['threads']} threads")
         for r in results:
             print(f"{r['name']:<24} {r['rate']:8.1f} ({r['median_ms']:.2f} ms)")
+
+
+def serve(dev, sync, device):
+    print(json.dumps({"torch_version": torch.__version__, "device": device,
+                      "threads": torch.get_num_threads()}), flush=True)
+    kinds = {name: (kind, d) for name, kind, d in CASES}
+    fns = {}
+    with torch.inference_mode():
+        for line in sys.stdin:
+            req = json.loads(line)
+            name = req["case"]
+            if name not in fns:
+                fns[name] = make(*kinds[name], dev)
+            times = []
+            for _ in range(req["runs"]):
+                s = time.perf_counter()
+                fns[name]()
+                sync()
+                times.append(time.perf_counter() - s)
+            print(json.dumps({"name": name, "times": times}), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 //! bandwidth — on one or more devices, with an optional PyTorch baseline
 //! (`training/bench_torch.py`) run in the same invocation at the same shapes, reported as ratios.
 //!
-//! Each case is run once to warm up (pipelines compile, the pool fills), then timed `repeats`
-//! times; the median is reported. GPU timings wait for the device after each run.
+//! Each case is run once to warm up (pipelines compile, the pool fills), then timed in rounds in
+//! which every device and PyTorch take turns; medians are reported. GPU timings wait for the
+//! device after each run.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ pub struct BenchOptions {
     /// Devices to run on, side by side. By default (empty), the CPU backend and, when wgpu finds
     /// an adapter, the best one (lavapipe included).
     pub devices: Vec<DeviceChoice>,
-    /// Fewer repeats (3 instead of up to 10): for a quick look, or a slow software adapter.
+    /// Fewer rounds (3 instead of up to 10): for a quick look, or a slow software adapter.
     pub quick: bool,
     /// A Python with PyTorch to run `torch_script` with, for the baseline. By default none.
     pub torch_python: Option<String>,
@@ -194,74 +195,114 @@ fn run_case(kind: CaseKind, dims: [usize; 4], x: &[Tensor]) -> Result<Tensor> {
     }
 }
 
-fn bench_device(device: &Device, options: &BenchOptions) -> Result<DeviceResults> {
-    let mut cases = Vec::new();
-    let max_runs = if options.quick { 3 } else { 10 };
-    for &(name, kind, dims) in CASES {
-        let x = inputs(kind, dims, device)?;
-        drop(run_case(kind, dims, &x)?);
-        device.synchronize()?;
-        let mut times = Vec::new();
-        let budget = Instant::now();
-        while times.len() < max_runs
-            && (times.len() < 3 || budget.elapsed() < Duration::from_secs(3))
-        {
-            let start = Instant::now();
-            let y = run_case(kind, dims, &x)?;
-            device.synchronize()?;
-            times.push(start.elapsed().as_secs_f64());
-            drop(y);
+/// `training/bench_torch.py --serve`, kept running for the whole benchmark so that its runs
+/// can alternate with ours.
+struct TorchServer {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    script: String,
+}
+
+#[derive(serde::Deserialize)]
+struct TorchHeader {
+    torch_version: String,
+    device: String,
+    threads: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct TorchTimes {
+    times: Vec<f64>,
+}
+
+impl TorchServer {
+    fn start(
+        python: &str,
+        options: &BenchOptions,
+    ) -> std::result::Result<(Self, TorchHeader), String> {
+        use std::process::{Command, Stdio};
+        let script = options.torch_script.display().to_string();
+        let mut child = Command::new(python)
+            .arg(&options.torch_script)
+            .args(["--serve", "--device", &options.torch_device])
+            .args(["--threads", &rayon::current_num_threads().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("{python} {script}: {e}"))?;
+        let stdin = child.stdin.take();
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut server = TorchServer {
+            child,
+            stdin,
+            stdout,
+            script,
+        };
+        let header = server.read_line()?;
+        let header: TorchHeader = serde_json::from_str(&header)
+            .map_err(|e| format!("{}: bad header: {e}", server.script))?;
+        Ok((server, header))
+    }
+
+    fn read_line(&mut self) -> std::result::Result<String, String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => Err(format!("{} exited (see its error above)", self.script)),
+            Ok(_) => Ok(line),
+            Err(e) => Err(format!("{}: {e}", self.script)),
         }
-        let runs = times.len();
-        let t = median(times);
-        let scale = 1e-9; // GFLOP/s and GB/s alike
-        cases.push(CaseResult {
-            name: name.to_string(),
-            kind,
-            median_ms: t * 1e3,
-            rate: case_work(kind, dims) * scale / t,
-            runs,
-        });
     }
-    Ok(DeviceResults {
-        device: match device {
-            Device::Cpu => "cpu".to_string(),
-            Device::Wgpu(d) => d.adapter().name,
-        },
-        adapter: match device {
-            Device::Cpu => None,
-            Device::Wgpu(d) => Some(d.adapter()),
-        },
-        cases,
-    })
+
+    /// Seconds per run of `case`, `runs` times.
+    fn time(&mut self, case: &str, runs: usize) -> std::result::Result<Vec<f64>, String> {
+        use std::io::Write;
+        let request = serde_json::json!({ "case": case, "runs": runs }).to_string();
+        let stdin = self.stdin.as_mut().ok_or("closed")?;
+        writeln!(stdin, "{request}")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("{}: {e}", self.script))?;
+        let line = self.read_line()?;
+        let reply: TorchTimes =
+            serde_json::from_str(&line).map_err(|e| format!("{}: bad reply: {e}", self.script))?;
+        Ok(reply.times)
+    }
 }
 
-fn torch_baseline(
-    python: &str,
-    options: &BenchOptions,
-) -> std::result::Result<TorchBaseline, String> {
-    let mut cmd = std::process::Command::new(python);
-    cmd.arg(&options.torch_script)
-        .args(["--json", "--device", &options.torch_device])
-        .args(["--threads", &rayon::current_num_threads().to_string()]);
-    if options.quick {
-        cmd.arg("--quick");
+impl Drop for TorchServer {
+    fn drop(&mut self) {
+        // Closing stdin ends the server's loop.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{python} {}: {e}", options.torch_script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{python} {} failed: {}",
-            options.torch_script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("{}: bad JSON: {e}", options.torch_script.display()))
 }
 
-/// Runs the benchmark.
+fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Wgpu(d) => d.adapter().name,
+    }
+}
+
+fn case_result(name: &str, kind: CaseKind, dims: [usize; 4], times: Vec<f64>) -> CaseResult {
+    let runs = times.len();
+    let t = median(times);
+    CaseResult {
+        name: name.to_string(),
+        kind,
+        median_ms: t * 1e3,
+        // GFLOP/s, or GB/s for a copy.
+        rate: case_work(kind, dims) * 1e-9 / t,
+        runs,
+    }
+}
+
+/// Runs the benchmark. Case by case, every device and PyTorch take turns — one run each per
+/// round, after one warm-up each — so that a change in machine load hits all of them alike;
+/// each reports the median of its runs (at least 3, at most 10 (3 with `quick`), no new round
+/// after 5 s).
 ///
 /// # Errors
 /// When a device cannot be opened (e.g. `gpu` without an adapter) or an op fails. A failing
@@ -278,20 +319,88 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             devices.push(Device::from_choice(choice)?);
         }
     }
-    let mut results = Vec::new();
-    for d in &devices {
-        results.push(bench_device(d, options)?);
+    let (mut server, mut torch, mut torch_error) = (None, None, None);
+    if let Some(python) = &options.torch_python {
+        match TorchServer::start(python, options) {
+            Ok((s, header)) => {
+                server = Some(s);
+                torch = Some(TorchBaseline {
+                    torch_version: header.torch_version,
+                    device: header.device,
+                    threads: header.threads,
+                    cases: Vec::new(),
+                });
+            }
+            Err(e) => torch_error = Some(e),
+        }
     }
-    let (torch, torch_error) = match &options.torch_python {
-        None => (None, None),
-        Some(python) => match torch_baseline(python, options) {
-            Ok(t) => (Some(t), None),
-            Err(e) => (None, Some(e)),
-        },
-    };
+    let max_rounds = if options.quick { 3 } else { 10 };
+    let mut results: Vec<Vec<CaseResult>> = vec![Vec::new(); devices.len()];
+    for &(name, kind, dims) in CASES {
+        let x: Vec<Vec<Tensor>> = devices
+            .iter()
+            .map(|d| inputs(kind, dims, d))
+            .collect::<Result<_>>()?;
+        for (d, x) in devices.iter().zip(&x) {
+            drop(run_case(kind, dims, x)?);
+            d.synchronize()?;
+        }
+        let mut torch_times = Vec::new();
+        if let Some(s) = server.as_mut()
+            && let Err(e) = s.time(name, 1)
+        {
+            torch_error = Some(e);
+            server = None;
+        }
+        let mut times = vec![Vec::new(); devices.len()];
+        let start = Instant::now();
+        for round in 0..max_rounds {
+            if round >= 3 && start.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            for ((d, x), t) in devices.iter().zip(&x).zip(&mut times) {
+                let begin = Instant::now();
+                let y = run_case(kind, dims, x)?;
+                d.synchronize()?;
+                t.push(begin.elapsed().as_secs_f64());
+                drop(y);
+            }
+            if let Some(s) = server.as_mut() {
+                match s.time(name, 1) {
+                    Ok(t) => torch_times.extend(t),
+                    Err(e) => {
+                        torch_error = Some(e);
+                        server = None;
+                    }
+                }
+            }
+        }
+        for (r, t) in results.iter_mut().zip(times) {
+            r.push(case_result(name, kind, dims, t));
+        }
+        if let Some(t) = torch.as_mut()
+            && !torch_times.is_empty()
+        {
+            t.cases.push(case_result(name, kind, dims, torch_times));
+        }
+    }
+    if torch_error.is_some() {
+        torch = None;
+    }
     Ok(BenchReport {
         cpu_threads: rayon::current_num_threads(),
-        devices: results,
+        devices: devices
+            .iter()
+            .zip(results)
+            .map(|(d, cases)| DeviceResults {
+                device: device_name(d),
+                adapter: match d {
+                    Device::Cpu => None,
+                    Device::Wgpu(w) => Some(w.adapter()),
+                },
+                cases,
+            })
+            .collect(),
         torch,
         torch_error,
     })
