@@ -227,6 +227,10 @@ impl TorchServer {
             .arg(&options.torch_script)
             .args(["--serve", "--device", &options.torch_device])
             .args(["--threads", &rayon::current_num_threads().to_string()])
+            // OpenMP threads otherwise spin for up to 200 ms after each run, taking the cores
+            // from our next turn (and ours would do the same to PyTorch's); see `SETTLE`.
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .env("KMP_BLOCKTIME", "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -278,6 +282,10 @@ impl Drop for TorchServer {
         let _ = self.child.wait();
     }
 }
+
+/// A pause before each timed turn, so that the previous turn's worker threads (rayon, llvmpipe,
+/// OpenMP) have gone to sleep and do not compete with this one.
+const SETTLE: Duration = Duration::from_millis(20);
 
 fn device_name(device: &Device) -> String {
     match device {
@@ -359,6 +367,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
                 break;
             }
             for ((d, x), t) in devices.iter().zip(&x).zip(&mut times) {
+                std::thread::sleep(SETTLE);
                 let begin = Instant::now();
                 let y = run_case(kind, dims, x)?;
                 d.synchronize()?;
@@ -366,6 +375,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
                 drop(y);
             }
             if let Some(s) = server.as_mut() {
+                std::thread::sleep(SETTLE);
                 match s.time(name, 1) {
                     Ok(t) => torch_times.extend(t),
                     Err(e) => {
