@@ -9,7 +9,7 @@
 #   1. On a machine with network and the same OS family (here):  benches/gpu.sh --prepare
 #      builds the benchmark and the doctor, and copies them with the Vulkan loader
 #      (libvulkan.so.1 from the `libvulkan1` package) into target/gpu-bundle/.
-#      Carry target/gpu-bundle/ (a few MiB) with the repository to the GPU machine.
+#      Carry target/gpu-bundle/ (~11 MiB) with the repository to the GPU machine.
 #   2. On the GPU machine:  benches/gpu.sh [--quick] [--python PYTHON]
 #      It needs the NVIDIA driver (which ships the Vulkan ICD, libGLX_nvidia.so.0) and, for the
 #      baseline, a Python with torch (training/requirements-bench.txt); without torch it runs the
@@ -24,11 +24,13 @@ BUNDLE=target/gpu-bundle
 
 if [[ "${1:-}" == "--prepare" ]]; then
   cargo build --release --example doctor
-  cargo bench --no-run --bench kernels 2>&1 | tail -1
+  bin=$(cargo bench --no-run --bench kernels 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+  [[ -x "$bin" ]] || { echo "could not find the built bench binary" >&2; exit 1; }
   mkdir -p "$BUNDLE"
   cp target/release/examples/doctor "$BUNDLE/doctor"
-  bin=$(ls -t target/release/deps/kernels-* | grep -v '\.d$' | head -1)
   cp "$bin" "$BUNDLE/kernels"
+  # Line tables make the binaries ~40 MB each; the bundle should travel light.
+  if command -v strip >/dev/null; then strip "$BUNDLE/doctor" "$BUNDLE/kernels"; fi
   loader=$(ldconfig -p | awk '/libvulkan\.so\.1 /{print $NF; exit}')
   if [[ -z "$loader" ]]; then
     echo "no libvulkan.so.1 here: apt-get install -y libvulkan1, then rerun --prepare" >&2
