@@ -422,6 +422,8 @@ impl GpuContext {
 
     /// Checks that `elements` f32 values fit one storage binding of this adapter.
     pub(crate) fn check_fits(&self, op: &'static str, what: &str, elements: usize) -> Result<u64> {
+        // The kernels index with u32; refuse before asking the driver for such a buffer.
+        word(op, what, elements)?;
         let bytes = (elements as u64).max(1) * 4;
         let limit = self
             .limits
