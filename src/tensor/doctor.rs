@@ -3,7 +3,7 @@
 //! (and `REIMAGEN_DEVICE`) picks. [`report`] gathers it; the CLI prints it as text or JSON.
 
 use super::device::{DEVICE_ENV, DeviceChoice};
-use super::wgpu::{AdapterSummary, adapters, is_hardware};
+use super::wgpu::{AdapterSummary, adapters, is_hardware, unfit};
 
 /// What `reimagen doctor` reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -28,11 +28,14 @@ pub fn report() -> DoctorReport {
     let found = adapters();
     let summaries: Vec<AdapterSummary> = found
         .iter()
-        .map(|a| AdapterSummary::new(&a.get_info(), a.features(), &a.limits()))
+        .map(|a| AdapterSummary {
+            unusable: unfit(a),
+            ..AdapterSummary::new(&a.get_info(), a.features(), &a.limits())
+        })
         .collect();
     let auto_picks = found
         .iter()
-        .find(|a| is_hardware(a.get_info().device_type))
+        .find(|a| is_hardware(a.get_info().device_type) && unfit(a).is_none())
         .map_or_else(|| "cpu".to_string(), |a| a.get_info().name);
     let env_device = std::env::var(DEVICE_ENV).ok();
     let env_picks = match env_device.as_deref().map(str::parse::<DeviceChoice>) {
@@ -100,6 +103,11 @@ impl std::fmt::Display for DoctorReport {
                 a.max_compute_invocations_per_workgroup,
                 a.max_compute_workgroups_per_dimension,
             )?;
+        }
+        for (i, a) in self.adapters.iter().enumerate() {
+            if let Some(why) = &a.unusable {
+                writeln!(f, "  [{i}] unusable by the kernels: {why}")?;
+            }
         }
         writeln!(f, "auto picks: {}", self.auto_picks)?;
         match &self.env_device {

@@ -198,6 +198,8 @@ pub struct AdapterSummary {
     pub max_compute_invocations_per_workgroup: u32,
     /// `max_compute_workgroups_per_dimension`.
     pub max_compute_workgroups_per_dimension: u32,
+    /// Why the kernels cannot run on this adapter (no compute shaders, limits too small), if so.
+    pub unusable: Option<String>,
 }
 
 impl AdapterSummary {
@@ -221,6 +223,7 @@ impl AdapterSummary {
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            unusable: None,
         }
     }
 }
@@ -232,7 +235,8 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(desc.with_env())
 }
 
-/// All adapters wgpu finds, best first (discrete, integrated, virtual, other, CPU).
+/// All adapters wgpu finds, best first (those the kernels can run on before the rest; then
+/// discrete, integrated, virtual, other, CPU).
 pub(crate) fn adapters() -> Vec<wgpu::Adapter> {
     // Vulkan, Metal and DX12 first; GL only when none of those has an adapter (initialising EGL
     // prints warnings on headless machines and GL adapters are the least capable).
@@ -244,7 +248,7 @@ pub(crate) fn adapters() -> Vec<wgpu::Adapter> {
             instance(wgpu::Backends::GL).enumerate_adapters(wgpu::Backends::all()),
         );
     }
-    adapters.sort_by_key(|a| rank(a.get_info().device_type));
+    adapters.sort_by_key(|a| (unfit(a).is_some(), rank(a.get_info().device_type)));
     adapters
 }
 
@@ -256,6 +260,30 @@ fn rank(t: wgpu::DeviceType) -> u8 {
         wgpu::DeviceType::Other => 3,
         wgpu::DeviceType::Cpu => 4,
     }
+}
+
+/// What the kernels need: compute shaders, 256 invocations and 16 KiB of workgroup memory per
+/// workgroup (WebGPU's defaults; some downlevel GL adapters have less). `None` when it fits.
+pub(crate) fn unfit(adapter: &wgpu::Adapter) -> Option<String> {
+    let limits = adapter.limits();
+    let compute = adapter
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+    if !compute {
+        return Some("no compute shaders".to_string());
+    }
+    if limits.max_compute_invocations_per_workgroup < LINEAR_WORKGROUP
+        || limits.max_compute_workgroup_size_x < LINEAR_WORKGROUP
+        || limits.max_compute_workgroup_storage_size < 16 * 1024
+    {
+        return Some(format!(
+            "compute limits too small: {} invocations/workgroup, {} bytes of workgroup memory \
+             (the kernels need {LINEAR_WORKGROUP} and 16384)",
+            limits.max_compute_invocations_per_workgroup, limits.max_compute_workgroup_storage_size
+        ));
+    }
+    None
 }
 
 /// Whether an adapter runs on a real GPU (not a CPU rasteriser such as lavapipe).
@@ -280,12 +308,18 @@ impl WgpuDevice {
     pub fn best_hardware() -> Option<Result<Self>> {
         let adapter = adapters()
             .into_iter()
-            .find(|a| is_hardware(a.get_info().device_type))?;
+            .find(|a| is_hardware(a.get_info().device_type) && unfit(a).is_none())?;
         Some(Self::open(adapter))
     }
 
     pub(crate) fn open(adapter: wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
+        if let Some(reason) = unfit(&adapter) {
+            return Err(TensorError::RequestDevice {
+                adapter: info.name,
+                reason,
+            });
+        }
         let f16_unpack = adapter
             .get_downlevel_capabilities()
             .flags
