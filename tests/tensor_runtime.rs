@@ -322,3 +322,29 @@ fn safetensors_single_and_sharded_f32_and_f16() {
     let e = Weights::open(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.safetensors"), "{e}");
 }
+
+#[test]
+fn tensors_and_devices_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tensor>();
+    send_sync::<Device>();
+    send_sync::<Weights>();
+    // And work from several threads at once on one device.
+    let dev = gpu();
+    std::thread::scope(|s| {
+        for seed in 0..4u64 {
+            let dev = dev.clone();
+            s.spawn(move || {
+                let (a, av) = tensor(&[33, 17], seed, &dev);
+                let (b, bv) = tensor(&[17, 9], seed + 10, &dev);
+                let want = matmul_ref(&av, &bv, 1, 33, 17, 9, false);
+                assert_normwise(
+                    "threaded matmul",
+                    &got(&a.matmul(&b).unwrap()),
+                    &want,
+                    GEMM_TOL,
+                );
+            });
+        }
+    });
+}
