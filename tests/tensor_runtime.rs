@@ -348,3 +348,14 @@ fn tensors_and_devices_cross_threads() {
         }
     });
 }
+
+#[test]
+fn elementwise_grids_fold_past_65535_workgroups() {
+    // 65 536 × 256 + 7 elements: one more workgroup than a grid dimension allows.
+    let n = 65_536 * 256 + 7;
+    let x = Tensor::from_vec((0..n).map(|i| (i % 1000) as f32).collect(), &[n], &gpu()).unwrap();
+    let y = x.affine(2.0, 1.0).unwrap().to_vec().unwrap();
+    for i in [0, 1, 999, 65_535 * 256, n - 1] {
+        assert_eq!(y[i], (i % 1000) as f32 * 2.0 + 1.0, "element {i}");
+    }
+}
