@@ -398,7 +398,7 @@ impl Tensor {
         silu: bool,
     ) -> Result<Tensor> {
         let op = "group_norm";
-        if self.rank() < 2 || groups == 0 || self.shape[1] % groups != 0 {
+        if self.rank() < 2 || groups == 0 || !self.shape[1].is_multiple_of(groups) {
             return Err(TensorError::shape(
                 op,
                 format!(

@@ -38,7 +38,8 @@ pub(crate) fn conv2d(
     } else {
         (weight, &dummy)
     };
-    let weight_vec4 = !weight_is_half && (p.cin * p.kh * p.kw) % 4 == 0 && p.cout * p.cin > 0;
+    let weight_vec4 =
+        !weight_is_half && (p.cin * p.kh * p.kw).is_multiple_of(4) && p.cout * p.cin > 0;
     let w4 = if weight_vec4 { weight } else { &dummy };
     let params = [
         p.cin as u32,

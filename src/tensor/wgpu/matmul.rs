@@ -35,13 +35,13 @@ pub(crate) fn matmul(
     let (b_f32, b_f16) = if b_is_half { (&dummy, b) } else { (b, &dummy) };
     // vec4 loads need the contiguous axis (and so every row start and batch stride) to be a
     // multiple of 4 values.
-    let a_vec4 = p.k % 4 == 0 && p.m * p.k > 0;
+    let a_vec4 = p.k.is_multiple_of(4) && p.m * p.k > 0;
     let b_vec4 = !b_is_half
         && p.n * p.k > 0
         && if p.trans_b {
-            p.k % 4 == 0
+            p.k.is_multiple_of(4)
         } else {
-            p.n % 4 == 0
+            p.n.is_multiple_of(4)
         };
     let a4 = if a_vec4 { a } else { &dummy };
     let b4 = if b_vec4 { b } else { &dummy };
