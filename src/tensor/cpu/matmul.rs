@@ -67,7 +67,8 @@ pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
 pub(crate) fn matmul(a: &[f32], b: &[f32], bias: Option<&[f32]>, p: &MatmulPlan) -> Vec<f32> {
     let (m, n, k) = (p.m, p.n, p.k);
     let mut out = vec![0.0f32; p.batch * m * n];
-    for (batch, dst) in out.chunks_mut((m * n).max(1)).enumerate().take(p.batch) {
+    let inner = parallelism(m, n, k);
+    let one = |(batch, dst): (usize, &mut [f32]), par: Parallelism| {
         if let Some(bias) = bias {
             for row in dst.chunks_mut(n) {
                 row.copy_from_slice(bias);
@@ -75,17 +76,18 @@ pub(crate) fn matmul(a: &[f32], b: &[f32], bias: Option<&[f32]>, p: &MatmulPlan)
         }
         let a = &a[batch * p.a_batch_stride..][..m * k];
         let b = &b[batch * p.b_batch_stride..][..k * n];
-        gemm_into(
-            dst,
-            a,
-            b,
-            m,
-            n,
-            k,
-            p.trans_b,
-            bias.is_some(),
-            parallelism(m, n, k),
-        );
+        gemm_into(dst, a, b, m, n, k, p.trans_b, bias.is_some(), par);
+    };
+    let chunks = out.chunks_mut((m * n).max(1)).enumerate().take(p.batch);
+    if matches!(inner, Parallelism::None) && p.batch > 1 {
+        // Many small products (attention heads): one thread per product instead.
+        use rayon::prelude::*;
+        chunks
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|c| one(c, Parallelism::None));
+    } else {
+        chunks.for_each(|c| one(c, inner));
     }
     out
 }
