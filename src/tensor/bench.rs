@@ -16,6 +16,18 @@ use super::tensor::Tensor;
 use super::wgpu::AdapterSummary;
 
 /// What to benchmark.
+///
+/// ```no_run
+/// use reimagen::tensor::bench::{self, BenchOptions};
+/// let options = BenchOptions {
+///     devices: bench::parse_devices("cpu,gpu")?,
+///     torch_python: Some("python3".into()),
+///     ..BenchOptions::default()
+/// };
+/// let report = bench::run(&options)?;
+/// println!("{report}");
+/// # Ok::<(), reimagen::tensor::TensorError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Devices to run on, side by side. By default (empty), the CPU backend and, when wgpu finds

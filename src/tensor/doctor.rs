@@ -22,8 +22,13 @@ pub struct DoctorReport {
     pub hints: Vec<String>,
 }
 
-/// Looks at the adapters and the environment. Opens no device except to resolve
-/// `REIMAGEN_DEVICE=gpu`.
+/// Looks at the adapters and the environment. Opens no device.
+///
+/// ```
+/// let report = reimagen::tensor::doctor::report();
+/// println!("{report}"); // or serde_json::to_string(&report)
+/// assert!(report.cpu_threads >= 1);
+/// ```
 pub fn report() -> DoctorReport {
     let found = adapters();
     let summaries: Vec<AdapterSummary> = found

@@ -309,6 +309,14 @@ impl Tensor {
     /// optional `bias` `[Cout]`, a `stride` and a zero `padding` on every side. `weight` may be
     /// f16 ([`Tensor::weights_f16`]).
     ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// let x = Tensor::zeros(&[1, 3, 8, 8], &Device::Cpu)?;
+    /// let w = Tensor::zeros(&[16, 3, 3, 3], &Device::Cpu)?;
+    /// assert_eq!(x.conv2d(&w, None, 2, 1)?.shape(), &[1, 16, 4, 4]);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
     /// # Errors
     /// When the shapes do not fit, or the kernel is larger than the padded image.
     pub fn conv2d(
@@ -533,6 +541,16 @@ impl Tensor {
     /// queries `[B, Lq, D]`, `k` `[B, Lk, D]` and `v` `[B, Lk, Dv]` (fold heads into `B`).
     /// `mask` is additive, `[1, Lq, Lk]` or `[B, Lq, Lk]`; `causal` hides keys after the query.
     /// Runs with an online softmax: the `Lq × Lk` score matrix is never stored.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// // 2 images × 4 heads folded into the batch, 16 pixels attending to 7 text tokens.
+    /// let q = Tensor::zeros(&[8, 16, 32], &Device::Cpu)?;
+    /// let kv = Tensor::zeros(&[8, 7, 32], &Device::Cpu)?;
+    /// let out = q.attention(&kv, &kv, None, false, 1.0 / 32f32.sqrt())?;
+    /// assert_eq!(out.shape(), &[8, 16, 32]);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
     ///
     /// # Errors
     /// When the shapes do not fit; on the GPU backend, when `D` or `Dv` exceeds 128.
@@ -798,6 +816,14 @@ impl Tensor {
     }
 
     /// Joins tensors along `axis`; all other axes must agree (e.g. channels of NCHW: axis 1).
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// let skip = Tensor::zeros(&[1, 32, 8, 8], &Device::Cpu)?;
+    /// let up = Tensor::zeros(&[1, 64, 8, 8], &Device::Cpu)?;
+    /// assert_eq!(Tensor::concat(&[&up, &skip], 1)?.shape(), &[1, 96, 8, 8]);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
     ///
     /// # Errors
     /// When `tensors` is empty or the other axes differ.

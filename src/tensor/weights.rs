@@ -67,6 +67,13 @@ impl Weights {
     /// Opens a checkpoint: a `.safetensors` file, a `model.safetensors.index.json`, or a folder
     /// holding either (the index wins).
     ///
+    /// ```no_run
+    /// use reimagen::tensor::{Device, Weights};
+    /// let weights = Weights::open("models/clip")?; // model.safetensors or a sharded index
+    /// let w = weights.tensor_shaped("text_projection.weight", &[512, 512], &Device::Cpu)?;
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
     /// # Errors
     /// A missing or unreadable file, or one that is not valid safetensors.
     pub fn open(path: impl AsRef<Path>) -> Result<Weights> {
