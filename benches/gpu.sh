@@ -22,6 +22,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=target/gpu-bundle
 
+# The path of the first library matching a pattern in the linker cache, or nothing. Reads all of
+# ldconfig's output (no early exit), so that pipefail never sees a SIGPIPE.
+first_lib() {
+  (ldconfig -p 2>/dev/null || true) | awk -v pat="$1" '$0 ~ pat && !f {print $NF; f=1}'
+}
+
 if [[ "${1:-}" == "--prepare" ]]; then
   cargo build --release --example doctor
   bin=$(cargo bench --no-run --bench kernels 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
@@ -31,7 +37,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   cp "$bin" "$BUNDLE/kernels"
   # Line tables make the binaries ~40 MB each; the bundle should travel light.
   if command -v strip >/dev/null; then strip "$BUNDLE/doctor" "$BUNDLE/kernels"; fi
-  loader=$(ldconfig -p | awk '/libvulkan\.so\.1 /{print $NF; exit}')
+  loader=$(first_lib 'libvulkan\.so\.1 ')
   if [[ -z "$loader" ]]; then
     echo "no libvulkan.so.1 here: apt-get install -y libvulkan1, then rerun --prepare" >&2
     exit 1
@@ -58,7 +64,7 @@ done
 }
 
 # The Vulkan loader: the system's if present, else the bundled one.
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 '; then
+if [[ -z "$(first_lib 'libvulkan\.so\.1 ')" ]]; then
   export LD_LIBRARY_PATH="$PWD/$BUNDLE${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "using the bundled Vulkan loader"
 fi
@@ -69,7 +75,7 @@ for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d
   [[ -f "$d/nvidia_icd.json" ]] && icd="$d/nvidia_icd.json" && break
 done
 if [[ -z "$icd" ]]; then
-  lib=$(ldconfig -p 2>/dev/null | awk '/libGLX_nvidia\.so\.0 /{print $NF; exit}')
+  lib=$(first_lib 'libGLX_nvidia\.so\.0 ')
   if [[ -z "$lib" ]]; then
     for c in /usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0 /usr/lib64/libGLX_nvidia.so.0 /usr/lib/libGLX_nvidia.so.0; do
       [[ -f "$c" ]] && lib="$c" && break
@@ -77,7 +83,7 @@ if [[ -z "$icd" ]]; then
   fi
   if [[ -n "$lib" ]]; then
     icd_dir=$(mktemp -d)
-    api=$(nvidia-smi -q 2>/dev/null | awk -F: '/Vulkan/{gsub(/ /,"",$2); print $2; exit}')
+    api=$( (nvidia-smi -q 2>/dev/null || true) | awk -F: '/Vulkan/ && !f {gsub(/ /,"",$2); print $2; f=1}')
     cat > "$icd_dir/nvidia_icd.json" <<JSON
 { "file_format_version": "1.0.0", "ICD": { "library_path": "$lib", "api_version": "${api:-1.3.0}" } }
 JSON
