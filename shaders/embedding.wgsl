@@ -1,5 +1,6 @@
 // Embeddings: `timestep` (sinusoidal, [cos | sin] halves, as in guided-diffusion and LDM:
-// frequency_i = max_period^(-i / half)) and `gather` (rows of a table by token id).
+// frequency_i = max_period^(-i / half)) and `gather` (rows of a table by token id; the table
+// may be f16 weights).
 // One invocation per output value.
 
 struct TimestepParams {
@@ -43,14 +44,24 @@ fn timestep(
 struct GatherParams {
     rows: u32,
     dim: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // the table holds f16 pairs packed in u32 words (see matmul.wgsl)
+    table_is_half: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> table: array<f32>;
-@group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read_write> gathered: array<f32>;
-@group(0) @binding(3) var<uniform> gp: GatherParams;
+@group(0) @binding(1) var<storage, read> table_half: array<u32>;
+@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(3) var<storage, read_write> gathered: array<f32>;
+@group(0) @binding(4) var<uniform> gp: GatherParams;
+
+fn load_table(i: u32) -> f32 {
+    if (gp.table_is_half == 1u) {
+        let pair = unpack2x16float(table_half[i >> 1u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
+    }
+    return table[i];
+}
 
 @compute @workgroup_size(256, 1, 1)
 fn gather(
@@ -62,5 +73,5 @@ fn gather(
     if (i >= gp.rows * gp.dim) {
         return;
     }
-    gathered[i] = table[ids[i / gp.dim] * gp.dim + i % gp.dim];
+    gathered[i] = load_table(ids[i / gp.dim] * gp.dim + i % gp.dim);
 }

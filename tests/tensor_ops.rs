@@ -441,7 +441,7 @@ fn f16_weights(shape: &[usize], seed: u64, dev: &Device) -> (Tensor, Vec<f64>) {
     (t, v.into_iter().map(f64::from).collect())
 }
 
-on_both_backends!(f16_weights_in_linear_and_conv2d, |dev| {
+on_both_backends!(f16_weights_in_linear_conv2d_and_embedding, |dev| {
     let (x, xv) = tensor(&[3, 37], 140, dev);
     // An odd element count, so the last packed word is half empty.
     let (w, wv) = f16_weights(&[67, 37], 141, dev);
@@ -467,6 +467,19 @@ on_both_backends!(f16_weights_in_linear_and_conv2d, |dev| {
     let y = x.conv2d(&w, None, 2, 1).unwrap();
     let (want, _) = conv2d_ref(&xv, &wv, None, [2, 5, 9, 7], [7, 3, 3], 2, 1);
     assert_normwise("f16 conv2d", &got(&y), &want, F16_TOL);
+
+    // An f16 embedding table.
+    let (table, table_v) = f16_weights(&[11, 6], 145, dev);
+    let rows = table.embedding(&[10, 0, 3]).unwrap();
+    let want: Vec<f64> = [10usize, 0, 3]
+        .iter()
+        .flat_map(|&i| {
+            table_v[i * 6..][..6]
+                .iter()
+                .map(|&v| half::f16::from_f64(v).to_f64())
+        })
+        .collect();
+    assert_eq!(got(&rows), want, "f16 embedding rows");
 
     // Other ops read f32 only, and say so.
     if matches!(dev, Device::Wgpu(_)) {

@@ -19,10 +19,10 @@ pub enum TensorError {
         /// What does not fit, naming the tensors.
         reason: String,
     },
-    /// An op was given an f16 tensor where it reads only f32 (f16 is for `linear` and `conv2d`
+    /// An op was given an f16 tensor where it reads only f32 (f16 is for `linear`, `conv2d` and `embedding`
     /// weights).
     #[error(
-        "{op}: {what} is f16; only the weights of linear and conv2d may be f16 (widen it with `to_device`)"
+        "{op}: {what} is f16; only the weights of linear, conv2d and embedding may be f16 (widen it with `to_device`)"
     )]
     Dtype {
         /// The op.

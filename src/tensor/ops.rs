@@ -1059,7 +1059,8 @@ impl Tensor {
         }
     }
 
-    /// Rows of the table `self` (`[V, D]`) picked by `ids`: `[ids.len(), D]`.
+    /// Rows of the table `self` (`[V, D]`) picked by `ids`: `[ids.len(), D]`. The table may be
+    /// f16 ([`Tensor::weights_f16`]).
     ///
     /// # Errors
     /// When the table is not 2D or an id is out of range.
@@ -1079,13 +1080,19 @@ impl Tensor {
             ));
         }
         let shape = vec![ids.len(), dim];
-        match on(op, &[self])? {
+        match on_any(op, &[self])? {
             On::Cpu => Ok(Tensor::from_cpu(
                 cpu::embedding::gather(self.cpu_data(), ids, dim),
                 shape,
             )),
             On::Gpu(d) => {
-                let out = gpu::embedding::gather(d, self.gpu_buffer(), ids, dim)?;
+                let out = gpu::embedding::gather(
+                    d,
+                    self.gpu_buffer(),
+                    self.dtype == DType::F16,
+                    ids,
+                    dim,
+                )?;
                 Ok(Tensor::from_gpu(d, out, shape))
             }
         }

@@ -16,8 +16,8 @@ pub enum DType {
     /// 32-bit float: every tensor, unless made with [`Tensor::weights_f16`].
     #[default]
     F32,
-    /// IEEE half, two per 32-bit word: weights on a wgpu device, read by `linear` and
-    /// `conv2d` (half the memory and bandwidth; accumulation stays f32).
+    /// IEEE half, two per 32-bit word: weights on a wgpu device, read by `linear`, `conv2d`
+    /// and `embedding` (half the memory and bandwidth; accumulation stays f32).
     F16,
 }
 
@@ -83,7 +83,7 @@ impl Tensor {
         })
     }
 
-    /// Weights stored as f16, for [`Tensor::linear`] and [`Tensor::conv2d`]. On a wgpu device
+    /// Weights stored as f16, for [`Tensor::linear`], [`Tensor::conv2d`] and [`Tensor::embedding`]. On a wgpu device
     /// they stay f16 (half the memory and bandwidth; the kernels unpack them and accumulate in
     /// f32). The CPU backend computes in f32, so there they are widened once, here; so are they on
     /// the rare downlevel adapter without `unpack2x16float`.

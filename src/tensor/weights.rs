@@ -235,7 +235,7 @@ impl Weights {
     }
 
     /// The tensor `name` as f16 weights ([`Tensor::weights_f16`]): kept f16 on a wgpu device,
-    /// for `linear` and `conv2d`. f16 values in the file are taken bit for bit; f32 and bf16
+    /// for `linear`, `conv2d` and `embedding`. f16 values in the file are taken bit for bit; f32 and bf16
     /// are rounded to f16.
     ///
     /// # Errors

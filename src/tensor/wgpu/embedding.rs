@@ -30,9 +30,11 @@ pub(crate) fn timestep(
     Ok(out)
 }
 
+/// `table_is_half`: the table holds f16 pairs packed in u32 words.
 pub(crate) fn gather(
     d: &WgpuDevice,
     table: &GpuBuffer,
+    table_is_half: bool,
     ids: &[u32],
     dim: usize,
 ) -> Result<GpuBuffer> {
@@ -41,13 +43,24 @@ pub(crate) fn gather(
     let len = ids.len() * dim;
     let out = ctx.alloc(OP, "output", len)?;
     let ids_buffer = ctx.upload(OP, "ids", ids)?;
-    let params = [word(OP, "ids", ids.len())?, word(OP, "dim", dim)?, 0, 0];
+    let dummy = ctx.alloc(OP, "unused binding", 1)?;
+    let (f32_table, f16_table) = if table_is_half {
+        (&dummy, table)
+    } else {
+        (table, &dummy)
+    };
+    let params = [
+        word(OP, "ids", ids.len())?,
+        word(OP, "dim", dim)?,
+        table_is_half as u32,
+        0,
+    ];
     let grid = ctx.elementwise_grid(OP, len)?;
     ctx.dispatch(
         OP,
         &SHADER,
         "gather",
-        &[table, &ids_buffer, &out],
+        &[f32_table, f16_table, &ids_buffer, &out],
         &params,
         grid,
     )?;
