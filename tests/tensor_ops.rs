@@ -538,3 +538,44 @@ on_both_backends!(empty_tensors_pass_through, |dev| {
         [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
     );
 });
+
+/// A seeded sweep over random small shapes for the tiled kernels, past the hand-picked cases.
+fn sweep_sizes(seed: u64, n: usize) -> Vec<usize> {
+    values(n, seed)
+        .into_iter()
+        .map(|v| ((v + 1.0) * 0.5 * 1000.0) as usize)
+        .collect()
+}
+
+on_both_backends!(random_shape_sweep, |dev| {
+    for case in 0..12u64 {
+        let r = sweep_sizes(1000 + case, 12);
+        let (batch, m, k, n) = (1 + r[0] % 3, 1 + r[1] % 90, 1 + r[2] % 90, 1 + r[3] % 90);
+        let (a, av) = tensor(&[batch, m, k], case, dev);
+        let (b, bv) = tensor(&[batch, k, n], case + 50, dev);
+        let want = matmul_ref(&av, &bv, batch, m, k, n, false);
+        let what = format!("sweep matmul {batch}×{m}×{k}×{n}");
+        assert_normwise(&what, &got(&a.matmul(&b).unwrap()), &want, GEMM_TOL);
+
+        let (cin, cout, h, w) = (1 + r[4] % 9, 1 + r[5] % 70, 1 + r[6] % 12, 1 + r[7] % 12);
+        let kk = if r[8].is_multiple_of(2) { 1 } else { 3 };
+        let (stride, pad) = (1 + r[9] % 2, if kk == 3 { r[10] % 2 } else { 0 });
+        if h + 2 * pad >= kk && w + 2 * pad >= kk {
+            let (x, xv) = tensor(&[2, cin, h, w], case + 100, dev);
+            let (wt, wv) = tensor(&[cout, cin, kk, kk], case + 150, dev);
+            let y = x.conv2d(&wt, None, stride, pad).unwrap();
+            let (want, _) = conv2d_ref(&xv, &wv, None, [2, cin, h, w], [cout, kk, kk], stride, pad);
+            let what = format!("sweep conv2d {cin}→{cout} {h}×{w} k{kk} s{stride} p{pad}");
+            assert_normwise(&what, &got(&y), &want, GEMM_TOL);
+        }
+
+        let (lq, lk, d) = (1 + r[11] % 80, 1 + r[1] % 40, 1 + r[2] % 70);
+        attention_case(
+            dev,
+            [2, lq, lk, d, d],
+            0,
+            r[3].is_multiple_of(2) && lq == lk,
+            2000 + case,
+        );
+    }
+});
