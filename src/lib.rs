@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod kb;
 pub mod search;
 pub mod store;
+pub mod tensor;
 pub mod text;
 pub mod vector;
 
@@ -47,5 +48,6 @@ pub use kb::{
 };
 pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, SearchMode};
 pub use store::records::{ImageId, PathRecord, QuarantineRecord};
+pub use tensor::{Device, DeviceChoice, Tensor, TensorError};
 pub use text::Filters;
 pub use vector::HnswParams;

@@ -144,6 +144,12 @@ enum Command {
     /// Benchmarks (they use their own temporary data, never the KB).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// List the compute adapters wgpu finds and which device `auto` picks.
+    Doctor {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +168,24 @@ enum BenchCommand {
         /// Also write the workload here, for training/bench_peers.py.
         #[arg(long)]
         export: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tensor kernels: GFLOP/s of matmul, conv2d and attention, and copy bandwidth, per device.
+    Kernels {
+        /// Devices, comma-separated: cpu, gpu, auto [default: cpu and the best adapter found].
+        #[arg(long)]
+        device: Option<String>,
+        /// Fewer rounds, for a quick look or a slow software adapter.
+        #[arg(long)]
+        quick: bool,
+        /// A Python with PyTorch, to run training/bench_torch.py at the same shapes as a baseline.
+        #[arg(long)]
+        torch: Option<String>,
+        /// The device PyTorch runs on (cpu or cuda).
+        #[arg(long, default_value = "cpu")]
+        torch_device: String,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -203,6 +227,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bench(bench) = cli.command {
         return run_bench(bench);
     }
+    if let Command::Doctor { json } = cli.command {
+        let report = reimagen::tensor::doctor::report();
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Init = cli.command {
         let existed = dir.join("kb.toml").exists();
         let kb = KnowledgeBase::create(&dir)?;
@@ -220,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let kb = KnowledgeBase::open(&dir)
         .with_context(|| format!("opening knowledge base {}", dir.display()))?;
     match cli.command {
-        Command::Init | Command::Bench(_) => unreachable!("handled above"),
+        Command::Init | Command::Bench(_) | Command::Doctor { .. } => unreachable!("handled above"),
         Command::Add {
             images,
             caption,
@@ -418,6 +451,33 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             let report = reimagen::bench::run_kb(&dir.path().join("kb"), &opts, &|m| {
                 bar.set_message(m.to_string())
             })?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Kernels {
+            device,
+            quick,
+            torch,
+            torch_device,
+            json,
+        } => {
+            use reimagen::tensor::bench::{self, BenchOptions};
+            let mut options = BenchOptions {
+                quick,
+                torch_python: torch,
+                torch_device,
+                ..BenchOptions::default()
+            };
+            if let Some(list) = device {
+                options.devices = bench::parse_devices(&list)?;
+            }
+            let bar = spinner("benchmarking kernels");
+            let report = bench::run(&options)?;
             bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

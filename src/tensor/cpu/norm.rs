@@ -1,0 +1,66 @@
+//! CPU group norm (optionally fused with SiLU) and layer norm; mean first, then the variance of
+//! the deviations, as `shaders/norm.wgsl`. Parallel over groups or rows.
+
+use rayon::prelude::*;
+
+use crate::tensor::ops::GroupNormPlan;
+
+fn mean_and_rstd(x: &[f32], eps: f32) -> (f32, f32) {
+    let len = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / len;
+    let variance = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len;
+    (mean, 1.0 / (variance + eps).sqrt())
+}
+
+pub(crate) fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+pub(crate) fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], p: &GroupNormPlan) -> Vec<f32> {
+    let per_group = p.channels / p.groups;
+    let len = per_group * p.spatial;
+    let mut out = vec![0.0f32; x.len()];
+    if len == 0 {
+        return out;
+    }
+    out.par_chunks_mut(len)
+        .zip(x.par_chunks(len))
+        .enumerate()
+        .for_each(|(group, (dst, src))| {
+            let (mean, rstd) = mean_and_rstd(src, p.eps);
+            let g = group % p.groups;
+            for (c, (dst, src)) in dst
+                .chunks_mut(p.spatial)
+                .zip(src.chunks(p.spatial))
+                .enumerate()
+            {
+                let ch = g * per_group + c;
+                let (scale, shift) = (rstd * gamma[ch], beta[ch] - mean * rstd * gamma[ch]);
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    let v = s * scale + shift;
+                    *d = if p.silu { silu(v) } else { v };
+                }
+            }
+        });
+    out
+}
+
+pub(crate) fn layer_norm(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    rows: usize,
+    len: usize,
+    eps: f32,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * len];
+    out.par_chunks_mut(len)
+        .zip(x.par_chunks(len))
+        .for_each(|(dst, src)| {
+            let (mean, rstd) = mean_and_rstd(src, eps);
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = (src[i] - mean) * rstd * gamma[i] + beta[i];
+            }
+        });
+    out
+}

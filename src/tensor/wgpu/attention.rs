@@ -1,0 +1,75 @@
+//! Host side of `shaders/attention.wgsl`: flash-style attention, 64 queries per workgroup and
+//! one grid row per batch.
+
+use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
+use crate::tensor::error::{Result, TensorError};
+use crate::tensor::ops::AttentionPlan;
+
+pub(crate) const SHADER: Shader = Shader {
+    name: "attention.wgsl",
+    source: include_str!("../../../shaders/attention.wgsl"),
+};
+
+/// The head size the kernel keeps in registers.
+pub(crate) const MAX_HEAD_DIM: usize = 128;
+const QUERIES: usize = 64;
+
+pub(crate) fn attention(
+    dev: &WgpuDevice,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    mask: Option<&GpuBuffer>,
+    p: &AttentionPlan,
+) -> Result<GpuBuffer> {
+    const OP: &str = "attention";
+    if p.d > MAX_HEAD_DIM || p.dv > MAX_HEAD_DIM {
+        return Err(TensorError::shape(
+            OP,
+            format!(
+                "head size {} (q, k) / {} (v) exceeds the WGSL kernel's {MAX_HEAD_DIM}; split the heads",
+                p.d, p.dv
+            ),
+        ));
+    }
+    let ctx = &dev.ctx;
+    let out = ctx.alloc(
+        OP,
+        &format!("output [{}, {}, {}]", p.batch, p.lq, p.dv),
+        p.batch * p.lq * p.dv,
+    )?;
+    word(OP, "keys", p.batch * p.lk * p.d.max(p.dv))?;
+    word(OP, "mask", p.batch * p.lq * p.lk)?;
+    let dummy;
+    let mask_buffer = match mask {
+        Some(m) => m,
+        None => {
+            dummy = ctx.alloc(OP, "mask", 1)?;
+            &dummy
+        }
+    };
+    let params = [
+        p.lq as u32,
+        p.lk as u32,
+        p.d as u32,
+        p.dv as u32,
+        bits(p.scale),
+        p.causal as u32,
+        p.mask_batches as u32,
+        0,
+    ];
+    let grid = [
+        word(OP, "query blocks", p.lq.div_ceil(QUERIES))?,
+        word(OP, "batch", p.batch)?,
+        1,
+    ];
+    ctx.dispatch(
+        OP,
+        &SHADER,
+        "attention",
+        &[q, k, v, mask_buffer, &out],
+        &params,
+        grid,
+    )?;
+    Ok(out)
+}

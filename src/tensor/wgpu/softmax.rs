@@ -1,0 +1,44 @@
+//! Host side of `shaders/softmax.wgsl`: softmax and L2 normalisation over the last axis, one
+//! workgroup per row.
+
+use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
+use crate::tensor::error::Result;
+
+pub(crate) const SHADER: Shader = Shader {
+    name: "softmax.wgsl",
+    source: include_str!("../../../shaders/softmax.wgsl"),
+};
+
+pub(crate) fn softmax(d: &WgpuDevice, x: &GpuBuffer, rows: usize, len: usize) -> Result<GpuBuffer> {
+    const OP: &str = "softmax";
+    let ctx = &d.ctx;
+    let out = ctx.alloc(OP, "output", rows * len)?;
+    word(OP, "input", rows * len)?;
+    let grid = ctx.linear_grid(OP, rows as u64)?;
+    ctx.dispatch(
+        OP,
+        &SHADER,
+        "softmax",
+        &[x, &out],
+        &[rows as u32, len as u32, 0, 0],
+        grid,
+    )?;
+    Ok(out)
+}
+
+pub(crate) fn l2_normalize(
+    d: &WgpuDevice,
+    x: &GpuBuffer,
+    rows: usize,
+    len: usize,
+    eps: f32,
+) -> Result<GpuBuffer> {
+    const OP: &str = "l2_normalize";
+    let ctx = &d.ctx;
+    let out = ctx.alloc(OP, "output", rows * len)?;
+    word(OP, "input", rows * len)?;
+    let grid = ctx.linear_grid(OP, rows as u64)?;
+    let params = [rows as u32, len as u32, bits(eps), 0];
+    ctx.dispatch(OP, &SHADER, "l2_normalize", &[x, &out], &params, grid)?;
+    Ok(out)
+}
