@@ -42,7 +42,7 @@ pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
 pub use ingest::{CaptionRules, DecodeLimits, PairText};
 pub use kb::{
     AddOutcome, Builder, CheckReport, ImageSource, ImportReport, KbConfig, KnowledgeBase, NewPair,
-    Pair, Progress, Stats,
+    Pair, PathOp, PathOpOutcome, Progress, Stats,
 };
 pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, SearchMode};
 pub use store::records::{ImageId, PathRecord, QuarantineRecord};

@@ -209,7 +209,7 @@ impl<'a> BytesDecode<'a> for F32Vec {
     type DItem = Vec<f32>;
 
     fn bytes_decode(bytes: &'a [u8]) -> Result<Vec<f32>, BoxedError> {
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err("embedding length is not a multiple of 4 bytes".into());
         }
         Ok(bytes
