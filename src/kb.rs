@@ -573,8 +573,14 @@ impl KnowledgeBase {
             .collect();
         let (decoded, path) = match pair.image {
             ImageSource::File(path) => {
+                // Size and mtime from before the read: if the file changes while it is read, the
+                // record no longer matches the file and the next scan looks at it again.
+                let before = path_record(&path, ImageId([0; 32]))?;
                 let decoded = ingest::read_image_file(&path, &self.limits)?;
-                let record = path_record(&path, decoded.id)?;
+                let record = PathRecord {
+                    id: decoded.id,
+                    ..before
+                };
                 (decoded, Some(record))
             }
             ImageSource::Bytes { bytes, .. } => {

@@ -36,6 +36,7 @@ pub mod search;
 pub mod store;
 pub mod text;
 pub mod vector;
+pub mod watch;
 
 pub use embed::Embedder;
 pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
@@ -48,3 +49,4 @@ pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, S
 pub use store::records::{ImageId, PathRecord, QuarantineRecord};
 pub use text::Filters;
 pub use vector::HnswParams;
+pub use watch::{WatchError, WatchOptions, WatchStatus, Watcher};
