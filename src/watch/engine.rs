@@ -187,6 +187,9 @@ pub(crate) struct Engine {
     deletes: BTreeMap<PathBuf, Instant>,
     sidecars: HashMap<PathBuf, Fingerprint>,
     caption_check: HashSet<ImageId>,
+    /// Folders that appeared, to walk once more after `stable_for`: files written into a new
+    /// folder before the OS watch on it exists send no event.
+    rewalk: Vec<(PathBuf, Instant)>,
     to_quarantine: Vec<(PathBuf, String)>,
     to_unquarantine: BTreeSet<PathBuf>,
     last_full_scan: Instant,
@@ -436,6 +439,7 @@ impl Engine {
             deletes: BTreeMap::new(),
             sidecars: HashMap::new(),
             caption_check: HashSet::new(),
+            rewalk: Vec::new(),
             to_quarantine: Vec::new(),
             to_unquarantine: BTreeSet::new(),
             last_full_scan: now,
@@ -494,28 +498,36 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Records that `path` holds `id`. Whenever the set of files holding a pair changes, the
+    /// pair's caption is checked (its first file may have changed).
     fn known_insert(&mut self, path: PathBuf, id: ImageId, fp: Fingerprint) {
-        if let Some(old) = self.known.insert(path.clone(), Known { id, fp })
+        let old = self.known.insert(path.clone(), Known { id, fp });
+        if let Some(old) = old
             && old.id != id
-            && let Some(set) = self.by_id.get_mut(&old.id)
         {
-            set.remove(&path);
-            if set.is_empty() {
-                self.by_id.remove(&old.id);
-            }
+            self.unlink(&old.id, &path);
+        }
+        if old.is_none_or(|o| o.id != id) {
+            self.caption_check.insert(id);
         }
         self.by_id.entry(id).or_default().insert(path);
     }
 
     fn known_remove(&mut self, path: &Path) -> Option<Known> {
         let old = self.known.remove(path)?;
-        if let Some(set) = self.by_id.get_mut(&old.id) {
+        self.unlink(&old.id, path);
+        Some(old)
+    }
+
+    fn unlink(&mut self, id: &ImageId, path: &Path) {
+        if let Some(set) = self.by_id.get_mut(id) {
             set.remove(path);
             if set.is_empty() {
-                self.by_id.remove(&old.id);
+                self.by_id.remove(id);
+            } else {
+                self.caption_check.insert(*id);
             }
         }
-        Some(old)
     }
 
     fn root_of(&self, path: &Path) -> Option<usize> {
@@ -625,6 +637,19 @@ impl Engine {
         }
         for path in hints.paths {
             self.touch(&path, true);
+        }
+        let stable_for = self.opts.stable_for;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rewalk)
+            .into_iter()
+            .partition(|(_, t)| t.elapsed() >= stable_for);
+        self.rewalk = later;
+        for (dir, _) in due {
+            if let Some(i) = self.root_of(&dir)
+                && self.roots[i].online
+                && dir.is_dir()
+            {
+                self.reconcile_dir(i, &dir, ScanKind::Light);
+            }
         }
         let ready = self.settle(now);
         if !ready.is_empty() {
@@ -798,6 +823,9 @@ impl Engine {
                 let fp = Fingerprint::of(&meta);
                 if kind.is_dir() {
                     self.reconcile_dir(i, path, ScanKind::Light);
+                    if !self.rewalk.iter().any(|(p, _)| p == path) {
+                        self.rewalk.push((path.to_path_buf(), Instant::now()));
+                    }
                 } else if kind.is_symlink() {
                     let root = self.roots[i].path.clone();
                     self.check_link(&root, path, fp);
@@ -1124,12 +1152,9 @@ impl Engine {
                     }
                 }
                 OpMeta::Remove { path } => {
-                    if let Some(old) = self.known_remove(&path) {
+                    if self.known_remove(&path).is_some() {
                         self.counters.removed += 1;
                         tracing::info!("forgot {}", path.display());
-                        if self.by_id.contains_key(&old.id) {
-                            self.caption_check.insert(old.id);
-                        }
                     }
                 }
                 OpMeta::Orphan | OpMeta::Update => {}
@@ -1205,7 +1230,8 @@ impl Engine {
         self.apply(batch);
     }
 
-    /// Makes each checked pair's text follow the caption rules of its first present file.
+    /// Makes each checked pair's text follow the caption rules of its first present file. A file
+    /// whose caption no longer follows the rules (a bad sidecar) is refused like a new one.
     fn check_captions(&mut self) {
         if self.caption_check.is_empty() {
             return;
@@ -1213,30 +1239,31 @@ impl Engine {
         let rules = *self.kb.caption_rules();
         let ids: Vec<ImageId> = self.caption_check.drain().collect();
         let mut batch = OpBatch::default();
+        let mut refused = Vec::new();
         for id in ids {
             let Some(paths) = self.by_id.get(&id) else {
                 continue;
             };
-            let primary = paths
-                .iter()
-                .find(|p| {
-                    !self.deletes.contains_key(*p)
-                        && !self.pending.contains_key(*p)
-                        && self.root_online(p)
-                })
-                .cloned();
-            let Some(primary) = primary else {
-                continue;
-            };
-            let text = match caption_of(&primary, &rules) {
-                Ok(t) => t,
-                Err(_) => {
-                    // Let ingest refuse it with the reason, as for a new file.
-                    if let Ok((fp, _)) = Fingerprint::of_path(&primary) {
-                        self.consider(&primary, fp, true);
-                    }
+            let mut primary_text = None;
+            for path in paths {
+                if self.deletes.contains_key(path)
+                    || self.pending.contains_key(path)
+                    || !self.root_online(path)
+                {
                     continue;
                 }
+                match caption_of(path, &rules) {
+                    Ok(text) => {
+                        if primary_text.is_none() {
+                            primary_text = Some((path.clone(), text));
+                        }
+                    }
+                    // Let ingest refuse it with the reason, as it would a new file.
+                    Err(_) => refused.push(path.clone()),
+                }
+            }
+            let Some((primary, text)) = primary_text else {
+                continue;
             };
             let Ok(Some(pair)) = self.kb.get(&id) else {
                 continue;
@@ -1246,6 +1273,13 @@ impl Engine {
                 tracing::info!(id = %id.short(), caption = %text.caption, "caption updated from {}", primary.display());
                 self.counters.updated += 1;
                 batch.push(PathOp::Update { id, text }, OpMeta::Update);
+            }
+        }
+        for path in refused {
+            if let Ok((fp, kind)) = Fingerprint::of_path(&path)
+                && kind.is_file()
+            {
+                self.consider(&path, fp, true);
             }
         }
         self.apply(batch);
