@@ -212,8 +212,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Status { json } = cli.command {
-        return watch_status(&dir, json);
+    match cli.command {
+        Command::Status { json } => return watch_status(&dir, json),
+        Command::Watch {
+            dirs,
+            poll,
+            rescan_every,
+            delete_grace,
+        } => {
+            let mut options = reimagen::WatchOptions::default()
+                .rescan_every(rescan_every)
+                .delete_grace(delete_grace)
+                .handle_signals(true);
+            if let Some(secs) = poll {
+                options = options.poll(std::time::Duration::from_secs_f64(secs.max(0.1)));
+            }
+            return watch(&dir, &dirs, options);
+        }
+        _ => {}
     }
     let kb = KnowledgeBase::open(&dir)
         .with_context(|| format!("opening knowledge base {}", dir.display()))?;
@@ -393,31 +409,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("backed up {} to {}", kb.path().display(), dest.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Watch {
-            dirs,
-            poll,
-            rescan_every,
-            delete_grace,
-        } => {
-            let mut options = reimagen::WatchOptions::default()
-                .rescan_every(rescan_every)
-                .delete_grace(delete_grace)
-                .handle_signals(true);
-            if let Some(secs) = poll {
-                options = options.poll(std::time::Duration::from_secs_f64(secs.max(0.1)));
-            }
-            watch(std::sync::Arc::new(kb), &dirs, options)
-        }
-        Command::Status { .. } => unreachable!("handled above"),
+        Command::Watch { .. } | Command::Status { .. } => unreachable!("handled above"),
     }
 }
 
 fn watch(
-    kb: std::sync::Arc<KnowledgeBase>,
+    dir: &Path,
     dirs: &[PathBuf],
     options: reimagen::WatchOptions,
 ) -> anyhow::Result<ExitCode> {
-    let watcher = reimagen::Watcher::start(kb, dirs, options)?;
+    // `reimagen status` may hold the KB for an instant: wait for it rather than fail.
+    let kb = reimagen::watch::open_when_free(dir, std::time::Duration::from_secs(10))
+        .with_context(|| format!("opening knowledge base {}", dir.display()))?;
+    let watcher = reimagen::Watcher::start(std::sync::Arc::new(kb), dirs, options)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(

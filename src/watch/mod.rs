@@ -345,6 +345,22 @@ impl Drop for Watcher {
     }
 }
 
+/// Opens the KB in `dir`, waiting up to `wait` while another process holds it (a `reimagen
+/// status` that opened it for an instant, for example).
+pub fn open_when_free(dir: &Path, wait: Duration) -> Result<KnowledgeBase> {
+    let start = std::time::Instant::now();
+    loop {
+        match KnowledgeBase::open(dir) {
+            Err(crate::Error::Store(crate::StoreError::Locked { .. }))
+                if start.elapsed() < wait =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Canonical, non-nesting roots that do not hold the KB.
 fn check_roots<P: AsRef<Path>>(
     kb_dir: &Path,
