@@ -66,6 +66,17 @@ pub(crate) async fn run(
         }
     };
     let _ = ready.send(Ok(()));
+    // Signals are awaited on their own task, so that they are seen while a tick runs and a long
+    // ingest stops after its current batch.
+    if handle_signals {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let name = signals.recv().await;
+            tracing::info!("{name}: finishing the current batch, then stopping");
+            shared.stop.store(true, Ordering::SeqCst);
+            shared.wake.notify_one();
+        });
+    }
     let mut interval = tokio::time::interval(tick_every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -78,11 +89,6 @@ pub(crate) async fn run(
             // A hint wakes the loop early only to keep latency low; the tick still runs at most
             // once per interval unless the engine asked for more.
             _ = sink.wake.notified() => {}
-            name = signals.recv() => {
-                tracing::info!("{name}: finishing the current batch, then stopping");
-                shared.stop.store(true, Ordering::SeqCst);
-                break;
-            }
         }
         let hints = sink.take();
         let result = tokio::task::spawn_blocking(move || {
