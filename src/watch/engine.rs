@@ -79,13 +79,22 @@ pub(crate) async fn run(
     }
     let mut interval = tokio::time::interval(tick_every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut deadline: Option<Instant> = None;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
+        let due = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shared.wake.notified() => continue,
             _ = interval.tick() => {}
+            // The moment the first waiting file has been stable long enough.
+            _ = due => {}
             // A hint wakes the loop early only to keep latency low; the tick still runs at most
             // once per interval unless the engine asked for more.
             _ = sink.wake.notified() => {}
@@ -93,10 +102,11 @@ pub(crate) async fn run(
         let hints = sink.take();
         let result = tokio::task::spawn_blocking(move || {
             engine.tick(hints);
-            engine
+            let next = engine.next_deadline();
+            (engine, next)
         })
         .await;
-        engine = result.map_err(|e| daemon_err(format!("a tick failed: {e}")))?;
+        (engine, deadline) = result.map_err(|e| daemon_err(format!("a tick failed: {e}")))?;
     }
     tokio::task::spawn_blocking(move || engine.finish())
         .await
@@ -670,6 +680,23 @@ impl Engine {
             self.progress_total = 0;
         }
         self.publish(false);
+    }
+
+    /// When the next tick has something to do: the first waiting file becomes stable, a new
+    /// folder is due for its second walk, or a deletion's grace ends.
+    fn next_deadline(&self) -> Option<Instant> {
+        let stable_for = self.opts.stable_for;
+        let grace = self.opts.delete_grace.max(stable_for);
+        let settle = self.pending.values().map(|p| p.since + stable_for).min();
+        let rewalk = self.rewalk.iter().map(|(_, t)| *t + stable_for).min();
+        let delete = self.deletes.values().min().map(|t| *t + grace);
+        // A deletion held back while files settle is due in the past: do not spin on it.
+        let soonest = Instant::now() + Duration::from_millis(10);
+        [settle, rewalk, delete]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.max(soonest))
     }
 
     fn check_roots(&mut self) {
