@@ -4,8 +4,10 @@
 //! No embedder is configured (there is none yet), so embedding time is not included.
 //!
 //! ```text
-//! cargo run --release --example bench_watch -- [--files 10000] [--runs 3] [--samples 20] [--json]
+//! cargo run --release --example bench_watch -- --files 10000 --runs 3 --samples 20 [--json]
 //! ```
+//!
+//! Without arguments it runs a quick version (2,000 files, one run, 5 samples), as CI does.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -102,9 +104,9 @@ fn latencies(
 }
 
 fn main() {
-    let files = arg("--files", 10_000);
-    let runs = arg("--runs", 3).max(1);
-    let samples = arg("--samples", 20).max(1);
+    let files = arg("--files", 2_000);
+    let runs = arg("--runs", 1).max(1);
+    let samples = arg("--samples", 5).max(1);
     let json = std::env::args().any(|a| a == "--json");
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let tmp = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 //!
 //! Named databases, one typed handle each, are opened once in [`Store::open`], which also runs
 //! the schema migrations. Reads go through [`Store::read`]; every write goes through the writer
-//! thread in [`writer`]. The derived indices live elsewhere (`text/`, `vector/`) and only read
+//! thread in `writer`. The derived indices live elsewhere (`text/`, `vector/`) and only read
 //! from here.
 
 pub(crate) mod migrate;

@@ -81,7 +81,7 @@ pub enum WatchError {
 ///
 /// By default: OS events (no forced polling); polling every 10 s for what the OS refuses to
 /// watch; a full reconcile scan every hour; deletions take effect 10 minutes after a file
-/// disappears; a file is ingested once its size and mtime have not changed for 1 s; 256 files
+/// disappears; a file is ingested once its size and mtime have not changed for 1 s; 1,024 files
 /// per ingest batch; the status file is rewritten every 2 s; no signal handling (the CLI turns it
 /// on); every directory watched with events (no cap).
 #[derive(Clone, Debug)]
@@ -107,7 +107,7 @@ impl Default for WatchOptions {
             rescan_every: Duration::from_secs(3600),
             delete_grace: Duration::from_secs(600),
             stable_for: Duration::from_secs(1),
-            batch_size: 256,
+            batch_size: 1024,
             status_every: Duration::from_secs(2),
             handle_signals: false,
             max_watched_dirs: None,
