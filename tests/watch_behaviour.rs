@@ -228,3 +228,17 @@ fn roots_are_checked() {
         .contains("cannot watch")
     );
 }
+
+#[test]
+fn an_overflowing_event_queue_falls_back_to_a_scan() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let (kb, root) = setup(tmp.path());
+    let watcher = Watcher::start(kb.clone(), [&root], fast_options().queue_capacity(16)).unwrap();
+    for i in 0..200 {
+        std::fs::write(root.join(format!("{i}.png")), png(i)).unwrap();
+    }
+    converge(&kb, &watcher, &root, LONG);
+    assert_eq!(kb.paths().unwrap().len(), 200);
+    watcher.stop().unwrap();
+}
