@@ -176,6 +176,9 @@ pub enum Error {
     /// A model problem.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The folder-watching daemon failed or was given a bad folder.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
     /// The query is not valid.
     #[error("invalid query: {0}")]
     Query(String),
@@ -216,6 +219,10 @@ impl Error {
                 | Error::Config { .. }
                 | Error::Model(ModelError::NoEmbedder { .. } | ModelError::EmbedderMismatch { .. })
                 | Error::Store(StoreError::TooNew { .. } | StoreError::Locked { .. })
+                | Error::Watch(
+                    crate::watch::WatchError::BadRoot { .. }
+                        | crate::watch::WatchError::LockedByOther { .. }
+                )
         )
     }
 }

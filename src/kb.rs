@@ -226,6 +226,62 @@ pub struct ImportReport {
     pub failed: Vec<(PathBuf, String)>,
 }
 
+/// One change to what the KB knows of files, for [`KnowledgeBase::apply_path_ops`]: none of them
+/// decodes or embeds an image.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum PathOp {
+    /// The file at `path` holds the pair `id` (see [`KnowledgeBase::set_path`]).
+    Set {
+        /// The file.
+        path: PathBuf,
+        /// The pair it holds.
+        id: ImageId,
+    },
+    /// Forget the file (see [`KnowledgeBase::remove_path`]).
+    Remove {
+        /// The file.
+        path: PathBuf,
+        /// Also remove the pair when no other file holds it.
+        remove_orphan: bool,
+    },
+    /// Remove the pair `id` if, and only if, no file holds it any more.
+    RemoveOrphan {
+        /// The pair.
+        id: ImageId,
+    },
+    /// Replace a pair's caption, entity and tags (see [`KnowledgeBase::update`]).
+    Update {
+        /// The pair.
+        id: ImageId,
+        /// The new text.
+        text: PairText,
+    },
+    /// Record that the file was refused (see [`KnowledgeBase::quarantine`]).
+    Quarantine {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Lift the quarantine of a file.
+    Unquarantine {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// What one [`PathOp`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathOpOutcome {
+    /// The op took effect.
+    Applied,
+    /// The op removed this pair (a `Remove` with `remove_orphan`, or a `RemoveOrphan`).
+    PairRemoved(ImageId),
+    /// Nothing to do: no such path or pair, or the pair is still held by a file.
+    Unchanged,
+}
+
 /// The derived indices, fed by the writer after every commit.
 pub(crate) struct Indices {
     pub text: TextIndex,
@@ -526,8 +582,14 @@ impl KnowledgeBase {
             .collect();
         let (decoded, path) = match pair.image {
             ImageSource::File(path) => {
+                // Size and mtime from before the read: if the file changes while it is read, the
+                // record no longer matches the file and the next scan looks at it again.
+                let before = path_record(&path, ImageId([0; 32]))?;
                 let decoded = ingest::read_image_file(&path, &self.limits)?;
-                let record = path_record(&path, decoded.id)?;
+                let record = PathRecord {
+                    id: decoded.id,
+                    ..before
+                };
                 (decoded, Some(record))
             }
             ImageSource::Bytes { bytes, .. } => {
@@ -642,35 +704,17 @@ impl KnowledgeBase {
     }
 
     /// Records that a file was refused (it is retried only when its size or mtime change).
+    /// Size and mtime are those of the path itself: a symbolic link is not followed.
     pub fn quarantine(&self, path: &Path, reason: &str) -> Result<()> {
-        let text = std::path::absolute(path)
-            .map_err(io_err(path))?
-            .to_string_lossy()
-            .into_owned();
-        let meta = fs::metadata(path).ok();
-        let record = QuarantineRecord {
-            path: text,
-            reason: reason.to_string(),
-            size: meta.as_ref().map_or(0, |m| m.len()),
-            mtime_ns: meta
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos()),
-            at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        };
+        let record = quarantine_record(path, reason)?;
         self.writer().submit(WriteOp::Quarantine { record })?;
         Ok(())
     }
 
     /// Lifts the quarantine of a file.
     pub fn unquarantine(&self, path: &Path) -> Result<()> {
-        let text = std::path::absolute(path)
-            .map_err(io_err(path))?
-            .to_string_lossy()
-            .into_owned();
-        self.writer().submit(WriteOp::Unquarantine { path: text })?;
+        let path = absolute_lossy(path)?;
+        self.writer().submit(WriteOp::Unquarantine { path })?;
         Ok(())
     }
 
@@ -719,23 +763,93 @@ impl KnowledgeBase {
 
     /// Replaces a pair's caption, entity and tags; false when there is no such pair.
     pub fn update(&self, id: &ImageId, text: PairText) -> Result<bool> {
+        let op = self.update_op(id, text)?;
+        Ok(matches!(
+            self.writer().submit(op)?,
+            WriteOutcome::Updated { .. }
+        ))
+    }
+
+    fn update_op(&self, id: &ImageId, text: PairText) -> Result<WriteOp> {
         let name = PathBuf::from(id.to_hex());
         let caption = self.captions.clean(&text.caption, &name)?;
         let text_embedding = match &self.embedder {
             Some(e) => Some(e.embed_text(&caption)?),
             None => None,
         };
-        let op = WriteOp::Update {
+        Ok(WriteOp::Update {
             id: *id,
             caption,
             entity: text.entity,
             tags: text.tags,
             text_embedding,
-        };
-        Ok(matches!(
-            self.writer().submit(op)?,
-            WriteOutcome::Updated { .. }
-        ))
+        })
+    }
+
+    /// Applies many path, caption and quarantine changes at once: they share write transactions
+    /// (one commit for a whole folder moved, not one per file). Results come back in input order;
+    /// a bad op does not stop the others.
+    pub fn apply_path_ops(&self, ops: Vec<PathOp>) -> Vec<Result<PathOpOutcome>> {
+        let mut slots: Vec<Option<Result<PathOpOutcome>>> = Vec::with_capacity(ops.len());
+        let mut writes = Vec::new();
+        for op in ops {
+            let write = match op {
+                PathOp::Set { path, id } => path_record(&path, id)
+                    .map(WriteOp::SetPath)
+                    .map_err(Error::from),
+                PathOp::Remove {
+                    path,
+                    remove_orphan,
+                } => absolute_utf8(&path).map(|path| WriteOp::RemovePath {
+                    path,
+                    remove_orphan,
+                }),
+                PathOp::RemoveOrphan { id } => Ok(WriteOp::RemoveOrphan { id }),
+                PathOp::Update { id, text } => self.update_op(&id, text),
+                PathOp::Quarantine { path, reason } => {
+                    quarantine_record(&path, &reason).map(|record| WriteOp::Quarantine { record })
+                }
+                PathOp::Unquarantine { path } => {
+                    absolute_lossy(&path).map(|path| WriteOp::Unquarantine { path })
+                }
+            };
+            match write {
+                Ok(w) => {
+                    writes.push(w);
+                    slots.push(None);
+                }
+                Err(e) => slots.push(Some(Err(e))),
+            }
+        }
+        let mut outcomes = self.writer().submit_many(writes).into_iter();
+        slots
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| match outcomes.next().expect("one outcome per op") {
+                    Ok(
+                        WriteOutcome::NotFound | WriteOutcome::PathRemoved { removed_pair: None },
+                    ) => Ok(PathOpOutcome::Unchanged),
+                    Ok(
+                        WriteOutcome::Removed { id, .. }
+                        | WriteOutcome::PathRemoved {
+                            removed_pair: Some(id),
+                        },
+                    ) => Ok(PathOpOutcome::PairRemoved(id)),
+                    Ok(_) => Ok(PathOpOutcome::Applied),
+                    Err(e) => Err(e.into()),
+                })
+            })
+            .collect()
+    }
+
+    /// The decode limits this KB applies to images.
+    pub fn decode_limits(&self) -> &DecodeLimits {
+        &self.limits
+    }
+
+    /// The caption rules this KB applies.
+    pub fn caption_rules(&self) -> &CaptionRules {
+        &self.captions
     }
 
     /// Records that the file at `path` holds the pair `id` (a second copy, or a file renamed
@@ -749,13 +863,7 @@ impl KnowledgeBase {
     /// Forgets the file at `path`. With `remove_orphan`, a pair that no other known file holds is
     /// removed too; its id is returned.
     pub fn remove_path(&self, path: &Path, remove_orphan: bool) -> Result<Option<ImageId>> {
-        let text = std::path::absolute(path).map_err(io_err(path))?;
-        let text = text
-            .to_str()
-            .ok_or_else(|| IngestError::NonUtf8Name {
-                path: path.to_path_buf(),
-            })?
-            .to_string();
+        let text = absolute_utf8(path)?;
         match self.writer().submit(WriteOp::RemovePath {
             path: text,
             remove_orphan,
@@ -1119,6 +1227,39 @@ pub(crate) fn path_record(path: &Path, id: ImageId) -> Result<PathRecord, Ingest
         id,
         size: meta.len(),
         mtime_ns,
+    })
+}
+
+fn absolute_utf8(path: &Path) -> Result<String> {
+    let text = std::path::absolute(path).map_err(io_err(path))?;
+    Ok(text
+        .to_str()
+        .ok_or_else(|| IngestError::NonUtf8Name {
+            path: path.to_path_buf(),
+        })?
+        .to_string())
+}
+
+fn absolute_lossy(path: &Path) -> Result<String> {
+    Ok(std::path::absolute(path)
+        .map_err(io_err(path))?
+        .to_string_lossy()
+        .into_owned())
+}
+
+fn quarantine_record(path: &Path, reason: &str) -> Result<QuarantineRecord> {
+    let meta = fs::symlink_metadata(path).ok();
+    Ok(QuarantineRecord {
+        path: absolute_lossy(path)?,
+        reason: reason.to_string(),
+        size: meta.as_ref().map_or(0, |m| m.len()),
+        mtime_ns: meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos()),
+        at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     })
 }
 

@@ -150,6 +150,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep the KB equal to what folders hold: ingest new and changed images, follow renames and
+    /// moves, forget deleted files (a foreground daemon; SIGINT/SIGTERM stop it cleanly).
+    Watch {
+        /// Folders to watch.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Poll every SECS seconds instead of using OS events (network file systems).
+        #[arg(long, value_name = "SECS")]
+        poll: Option<f64>,
+        /// Full reconcile scan interval.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        rescan_every: std::time::Duration,
+        /// How long a file must stay gone before it leaves the KB (`0s`: at once).
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        delete_grace: std::time::Duration,
+    },
+    /// Show the watch daemon's status: folders, items, queue, last scan, quarantined files.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +217,7 @@ enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.verbose {
+        0 if matches!(cli.command, Command::Watch { .. }) => "info,tantivy=warn,hnsw_rs=warn",
         0 => "warn",
         1 => "info,tantivy=warn,hnsw_rs=warn",
         _ => "debug",
@@ -249,6 +272,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kb.path().display()
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    match cli.command {
+        Command::Status { json } => return watch_status(&dir, json),
+        Command::Watch {
+            dirs,
+            poll,
+            rescan_every,
+            delete_grace,
+        } => {
+            let mut options = reimagen::WatchOptions::default()
+                .rescan_every(rescan_every)
+                .delete_grace(delete_grace)
+                .handle_signals(true);
+            if let Some(secs) = poll {
+                options = options.poll(std::time::Duration::from_secs_f64(secs.max(0.1)));
+            }
+            return watch(&dir, &dirs, options);
+        }
+        _ => {}
     }
     let kb = KnowledgeBase::open(&dir)
         .with_context(|| format!("opening knowledge base {}", dir.display()))?;
@@ -428,6 +470,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("backed up {} to {}", kb.path().display(), dest.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Watch { .. } | Command::Status { .. } => unreachable!("handled above"),
     }
 }
 
@@ -487,6 +530,99 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn watch(
+    dir: &Path,
+    dirs: &[PathBuf],
+    options: reimagen::WatchOptions,
+) -> anyhow::Result<ExitCode> {
+    // `reimagen status` may hold the KB for an instant: wait for it rather than fail.
+    let kb = reimagen::watch::open_when_free(dir, std::time::Duration::from_secs(10))
+        .with_context(|| format!("opening knowledge base {}", dir.display()))?;
+    let watcher = reimagen::Watcher::start(std::sync::Arc::new(kb), dirs, options)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} ingesting [{bar:40}] {pos}/{len} files ({per_sec})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    while !watcher.is_finished() {
+        let s = watcher.status();
+        if s.progress_total > 50 && s.progress_done < s.progress_total {
+            bar.set_length(s.progress_total);
+            bar.set_position(s.progress_done);
+        } else if !bar.is_hidden() && bar.length().unwrap_or(0) > 0 {
+            bar.finish_and_clear();
+            bar.set_length(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+    watcher.wait()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn watch_status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let s = reimagen::watch::daemon_status(dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ago = |t: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("{} s ago", now.saturating_sub(t))
+    };
+    if s.running {
+        println!(
+            "daemon      running (pid {}, state {:?}, updated {})",
+            s.pid,
+            s.state,
+            ago(s.updated_at)
+        );
+    } else {
+        println!("daemon      not running");
+    }
+    for r in &s.roots {
+        println!(
+            "folder      {}  {} items  {}{}",
+            r.path.display(),
+            r.items,
+            format!("{:?}", r.mode).to_lowercase(),
+            if r.online {
+                ""
+            } else {
+                "  OFFLINE (items kept)"
+            }
+        );
+    }
+    println!("items       {}", s.items);
+    println!(
+        "queue       {} ({} deletions waiting)",
+        s.queue, s.pending_deletes
+    );
+    match &s.last_scan {
+        Some(scan) => println!(
+            "last scan   {} ({} files, {} changed, {} ms)",
+            ago(scan.at),
+            scan.files,
+            scan.changed,
+            scan.duration_ms
+        ),
+        None => println!("last scan   never"),
+    }
+    for w in &s.warnings {
+        println!("warning     {w}");
+    }
+    println!("quarantined {}", s.quarantined.len());
+    for q in &s.quarantined {
+        println!("  {}: {}", q.path, q.reason);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn add(

@@ -54,6 +54,8 @@ pub(crate) enum WriteOp {
     SetPath(PathRecord),
     /// Forgets a path; with `remove_orphan`, also removes the pair when no other path holds it.
     RemovePath { path: String, remove_orphan: bool },
+    /// Removes a pair only when no path holds it (a file whose content changed left it behind).
+    RemoveOrphan { id: ImageId },
     /// Records (or, with `None` reason, clears) the quarantine of a path.
     Quarantine { record: QuarantineRecord },
     /// Clears the quarantine of a path.
@@ -343,6 +345,12 @@ fn apply_one(
             Ok(WriteOutcome::Updated { seq })
         }
         WriteOp::Remove { id } => remove_pair(store, wtxn, log, id),
+        WriteOp::RemoveOrphan { id } => {
+            if t.id_paths.prefix_iter(wtxn, &id.0)?.next().is_some() {
+                return Ok(WriteOutcome::NotFound);
+            }
+            remove_pair(store, wtxn, log, id)
+        }
         WriteOp::SetPath(path) => {
             set_path(store, wtxn, path)?;
             Ok(WriteOutcome::PathSet)
