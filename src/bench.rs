@@ -25,7 +25,7 @@ use crate::search::{Query, SearchMode};
 
 /// Settings of a KB benchmark run.
 ///
-/// By default: 100,000 pairs, 1,000 queries per retriever, seed 42, in a temporary directory.
+/// By default: 100,000 pairs, 1,000 queries per retriever, seed 42, default HNSW parameters.
 #[derive(Clone, Debug)]
 pub struct KbBenchOptions {
     /// Pairs to ingest.
@@ -36,6 +36,8 @@ pub struct KbBenchOptions {
     pub seed: u64,
     /// Where to write the workload for the peer script, if anywhere.
     pub export: Option<PathBuf>,
+    /// HNSW parameters of the KB under test.
+    pub hnsw: crate::vector::HnswParams,
 }
 
 impl Default for KbBenchOptions {
@@ -45,6 +47,7 @@ impl Default for KbBenchOptions {
             queries: 1_000,
             seed: 42,
             export: None,
+            hnsw: crate::vector::HnswParams::default(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct KbBenchReport {
     pub recall_at_10: f64,
     /// The search width used for text → image queries.
     pub ef_search_cross: usize,
+    /// The candidate list size used while building.
+    pub ef_construction: usize,
     /// Threads rayon used.
     pub threads: usize,
 }
@@ -285,7 +290,7 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
         images: Arc::new(w.vectors.clone()),
         texts,
     });
-    let params = crate::vector::HnswParams::default();
+    let params = opts.hnsw;
     let kb = KnowledgeBase::builder(dir)
         .create(true)
         .embedder(embedder)
@@ -360,6 +365,7 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
         hybrid: latency(hybrid),
         recall_at_10: recall / recall_queries as f64,
         ef_search_cross: params.ef_search_cross,
+        ef_construction: params.ef_construction,
         threads: rayon::current_num_threads(),
     })
 }

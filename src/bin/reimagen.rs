@@ -190,6 +190,12 @@ enum BenchCommand {
         /// Also write the workload here, for training/bench_peers.py.
         #[arg(long)]
         export: Option<PathBuf>,
+        /// HNSW search width for text → image queries [default: the KB default].
+        #[arg(long)]
+        ef_search: Option<usize>,
+        /// HNSW candidate list size while building [default: the KB default].
+        #[arg(long)]
+        ef_construction: Option<usize>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -481,14 +487,20 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             queries,
             seed,
             export,
+            ef_search,
+            ef_construction,
             json,
         } => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let mut hnsw = reimagen::HnswParams::default();
+            hnsw.ef_search_cross = ef_search.unwrap_or(hnsw.ef_search_cross);
+            hnsw.ef_construction = ef_construction.unwrap_or(hnsw.ef_construction);
             let opts = reimagen::bench::KbBenchOptions {
                 pairs,
                 queries,
                 seed,
                 export,
+                hnsw,
             };
             let bar = spinner("benchmarking");
             let report = reimagen::bench::run_kb(&dir.path().join("kb"), &opts, &|m| {
