@@ -237,6 +237,10 @@ pub enum PathOp {
         path: PathBuf,
         /// The pair it holds.
         id: ImageId,
+        /// The size and mtime (nanoseconds since the epoch) the file had when its content was
+        /// hashed, to record instead of its current ones: a file that changed since then no
+        /// longer matches its record, so a later scan looks at it again.
+        seen: Option<(u64, u128)>,
     },
     /// Forget the file (see [`KnowledgeBase::remove_path`]).
     Remove {
@@ -263,6 +267,9 @@ pub enum PathOp {
         path: PathBuf,
         /// Why.
         reason: String,
+        /// The size and mtime the file had when it was examined, to record instead of its
+        /// current ones (as for [`PathOp::Set`]).
+        seen: Option<(u64, u128)>,
     },
     /// Lift the quarantine of a file.
     Unquarantine {
@@ -794,7 +801,15 @@ impl KnowledgeBase {
         let mut writes = Vec::new();
         for op in ops {
             let write = match op {
-                PathOp::Set { path, id } => path_record(&path, id)
+                PathOp::Set { path, id, seen } => path_record(&path, id)
+                    .map(|record| match seen {
+                        Some((size, mtime_ns)) => PathRecord {
+                            size,
+                            mtime_ns,
+                            ..record
+                        },
+                        None => record,
+                    })
                     .map(WriteOp::SetPath)
                     .map_err(Error::from),
                 PathOp::Remove {
@@ -806,9 +821,16 @@ impl KnowledgeBase {
                 }),
                 PathOp::RemoveOrphan { id } => Ok(WriteOp::RemoveOrphan { id }),
                 PathOp::Update { id, text } => self.update_op(&id, text),
-                PathOp::Quarantine { path, reason } => {
-                    quarantine_record(&path, &reason).map(|record| WriteOp::Quarantine { record })
-                }
+                PathOp::Quarantine { path, reason, seen } => quarantine_record(&path, &reason)
+                    .map(|record| match seen {
+                        Some((size, mtime_ns)) => QuarantineRecord {
+                            size,
+                            mtime_ns,
+                            ..record
+                        },
+                        None => record,
+                    })
+                    .map(|record| WriteOp::Quarantine { record }),
                 PathOp::Unquarantine { path } => {
                     absolute_lossy(&path).map(|path| WriteOp::Unquarantine { path })
                 }

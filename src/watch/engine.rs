@@ -206,7 +206,7 @@ pub(crate) struct Engine {
     /// Folders that appeared, to walk once more after `stable_for`: files written into a new
     /// folder before the OS watch on it exists send no event.
     rewalk: Vec<(PathBuf, Instant)>,
-    to_quarantine: Vec<(PathBuf, String)>,
+    to_quarantine: Vec<(PathBuf, String, Fingerprint)>,
     to_unquarantine: BTreeSet<PathBuf>,
     last_full_scan: Instant,
     last_status_write: Option<Instant>,
@@ -353,6 +353,7 @@ enum OpMeta {
     Quarantine {
         path: PathBuf,
         reason: String,
+        fp: Option<Fingerprint>,
     },
     Unquarantine {
         path: PathBuf,
@@ -370,6 +371,7 @@ impl OpBatch {
             PathOp::Set {
                 path: path.to_path_buf(),
                 id,
+                seen: Some((fp.size, fp.mtime_ns)),
             },
             OpMeta::Set {
                 path: path.to_path_buf(),
@@ -391,15 +393,17 @@ impl OpBatch {
         );
     }
 
-    fn quarantine(&mut self, path: &Path, reason: String) {
+    fn quarantine(&mut self, path: &Path, reason: String, fp: Option<Fingerprint>) {
         self.push(
             PathOp::Quarantine {
                 path: path.to_path_buf(),
                 reason: reason.clone(),
+                seen: fp.map(|fp| (fp.size, fp.mtime_ns)),
             },
             OpMeta::Quarantine {
                 path: path.to_path_buf(),
                 reason,
+                fp,
             },
         );
     }
@@ -987,8 +991,8 @@ impl Engine {
                     .quarantine
                     .get(&key)
                     .is_some_and(|q| q.size == fp.size && q.mtime_ns == fp.mtime_ns);
-                if !same && !self.to_quarantine.iter().any(|(p, _)| p == link) {
-                    self.to_quarantine.push((link.to_path_buf(), reason));
+                if !same && !self.to_quarantine.iter().any(|(p, _, _)| p == link) {
+                    self.to_quarantine.push((link.to_path_buf(), reason, fp));
                 }
             }
         }
@@ -1138,12 +1142,15 @@ impl Engine {
             }
         }
         let mut batch = sets;
+        let seen: HashMap<&Path, Fingerprint> =
+            chunk.iter().map(|(p, fp)| (p.as_path(), *fp)).collect();
         for (path, reason) in failures {
             tracing::warn!("quarantined: {reason}");
             if self.known.contains_key(&path) {
                 batch.remove(&path);
             }
-            batch.quarantine(&path, reason);
+            let fp = seen.get(path.as_path()).copied();
+            batch.quarantine(&path, reason, fp);
         }
         for id in orphans {
             batch.push(PathOp::RemoveOrphan { id }, OpMeta::Orphan);
@@ -1191,10 +1198,10 @@ impl Engine {
                     }
                 }
                 OpMeta::Orphan | OpMeta::Update => {}
-                OpMeta::Quarantine { path, reason } => {
+                OpMeta::Quarantine { path, reason, fp } => {
                     self.counters.quarantined += 1;
                     let key = qkey(&path);
-                    let fp = Fingerprint::of_path(&path).map(|(fp, _)| fp).ok();
+                    let fp = fp.or_else(|| Fingerprint::of_path(&path).map(|(fp, _)| fp).ok());
                     self.to_unquarantine.remove(&key);
                     let record = QuarantineRecord {
                         path: key.to_string_lossy().into_owned(),
@@ -1217,10 +1224,10 @@ impl Engine {
             return;
         }
         let mut batch = OpBatch::default();
-        for (path, reason) in std::mem::take(&mut self.to_quarantine) {
+        for (path, reason, fp) in std::mem::take(&mut self.to_quarantine) {
             tracing::warn!("quarantined: {reason}");
             self.to_unquarantine.remove(&qkey(&path));
-            batch.quarantine(&path, reason);
+            batch.quarantine(&path, reason, Some(fp));
         }
         for path in std::mem::take(&mut self.to_unquarantine) {
             if self.quarantine.contains_key(&path) {
