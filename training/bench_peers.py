@@ -2,11 +2,11 @@
 
 Usage:
     reimagen bench kb --export /tmp/kb-workload --json > reimagen.json
-    python3 training/bench_peers.py /tmp/kb-workload > peers.json
+    python3 training/bench_peers.py /tmp/kb-workload [EF_CONSTRUCTION EF] > peers.json
 
 Reads captions.txt, queries.txt, vectors.f32 and query_vectors.f32 (little-endian f32, 512-d),
-then measures tantivy (Python binding) BM25 and hnswlib HNSW (M=16, ef_construction=200,
-ef=100) the way reimagen is measured: ingest time, p50/p99 latency at k=10, recall@10 against
+then measures tantivy (Python binding) BM25 and hnswlib HNSW (M=16, ef_construction=200 and
+ef=100 unless given) the way reimagen is measured: ingest time, p50/p99 latency at k=10, recall@10 against
 exact search on the first 200 queries.
 """
 
@@ -27,7 +27,7 @@ def percentiles(samples_ms):
     return {"p50_ms": float(s[int(round((len(s) - 1) * 0.5))]), "p99_ms": float(s[int(round((len(s) - 1) * 0.99))])}
 
 
-def main(folder):
+def main(folder, ef_construction=200, ef=100):
     captions = open(f"{folder}/captions.txt").read().splitlines()
     queries = open(f"{folder}/queries.txt").read().splitlines()
     vectors = np.fromfile(f"{folder}/vectors.f32", dtype="<f4").reshape(-1, DIM)
@@ -60,10 +60,10 @@ def main(folder):
     # hnswlib
     t0 = time.perf_counter()
     graph = hnswlib.Index(space="ip", dim=DIM)
-    graph.init_index(max_elements=len(vectors), ef_construction=200, M=16)
+    graph.init_index(max_elements=len(vectors), ef_construction=ef_construction, M=16)
     graph.add_items(vectors, np.arange(len(vectors)), num_threads=2)
     hnsw_ingest = time.perf_counter() - t0
-    graph.set_ef(100)
+    graph.set_ef(ef)
     graph.set_num_threads(1)
     lat = []
     for q in qvectors:
@@ -79,7 +79,7 @@ def main(folder):
         {
             "pairs": len(captions),
             "tantivy_py": {"ingest_secs": bm25_ingest, **percentiles(bm25)},
-            "hnswlib": {"ingest_secs": hnsw_ingest, "recall_at_10": recall, "ef": 100, **percentiles(lat)},
+            "hnswlib": {"ingest_secs": hnsw_ingest, "recall_at_10": recall, "ef": ef, "ef_construction": ef_construction, **percentiles(lat)},
         },
         sys.stdout,
         indent=2,
@@ -88,4 +88,4 @@ def main(folder):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *map(int, sys.argv[2:4]))
