@@ -242,3 +242,35 @@ fn an_overflowing_event_queue_falls_back_to_a_scan() {
     assert_eq!(kb.paths().unwrap().len(), 200);
     watcher.stop().unwrap();
 }
+
+#[test]
+fn knowledge_base_watch_is_the_same_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("photos");
+    std::fs::create_dir_all(root.join("lighthouse")).unwrap();
+    let kb = Arc::new(KnowledgeBase::create(dir.path().join("kb")).unwrap());
+    let options = reimagen::WatchOptions::default().stable_for(Duration::from_millis(200));
+    let watcher = kb.clone().watch([&root], options).unwrap();
+    let png = {
+        let img = image::RgbImage::from_pixel(6, 6, image::Rgb([10, 20, 30]));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    };
+    std::fs::write(root.join("lighthouse/old_lighthouse.png"), png).unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let hits = kb.search(&reimagen::Query::text("old lighthouse")).unwrap();
+        if let Some(hit) = hits.first() {
+            assert_eq!(hit.entity.as_deref(), Some("lighthouse"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped file never became searchable"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    watcher.stop().unwrap();
+}

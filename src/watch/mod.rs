@@ -199,6 +199,18 @@ pub struct Watcher {
     thread: Option<JoinHandle<Result<()>>>,
 }
 
+impl KnowledgeBase {
+    /// Starts the folder-watching daemon on this KB: the same as [`Watcher::start`]. The
+    /// returned handle stops the daemon, after its current batch, when dropped or told to.
+    pub fn watch<P: AsRef<Path>>(
+        self: Arc<Self>,
+        roots: impl IntoIterator<Item = P>,
+        options: WatchOptions,
+    ) -> Result<Watcher> {
+        Watcher::start(self, roots, options)
+    }
+}
+
 impl Watcher {
     /// Starts watching `roots` into `kb`.
     ///
