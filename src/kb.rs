@@ -315,9 +315,23 @@ struct Sink(Arc<Indices>);
 impl ChangeSink for Sink {
     fn apply(&mut self, store: &Store, changes: &[Change]) {
         // The store has committed; an index that fails here is behind and replays on next open.
-        if let Err(e) = self.0.text.apply(store, changes) {
-            tracing::error!("text index update failed (it will catch up on next open): {e}");
-        }
+        // BM25 indexing (one thread, and a commit that waits on the disk) runs beside the
+        // graph inserts (which use every core).
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                if let Err(e) = self.0.text.apply(store, changes) {
+                    tracing::error!(
+                        "text index update failed (it will catch up on next open): {e}"
+                    );
+                }
+            });
+            self.apply_vectors(store, changes);
+        });
+    }
+}
+
+impl Sink {
+    fn apply_vectors(&self, store: &Store, changes: &[Change]) {
         for index in [&self.0.image, &self.0.text_vectors] {
             if let Err(e) = index.apply(store, changes) {
                 tracing::error!("vector index update failed (it will catch up on next open): {e}");

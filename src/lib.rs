@@ -2,7 +2,7 @@
 //! Retrieval-Augmented Text-to-Image Generator* (Chen et al., ICLR 2023).
 //!
 //! Pairs live in LMDB (the truth); captions are indexed with BM25 (tantivy) and embeddings with
-//! HNSW (hnsw_rs); both indices are derived and rebuild themselves when damaged.
+//! HNSW graphs; both indices are derived and rebuild themselves when damaged.
 //!
 //! # Quick start
 //!

@@ -223,9 +223,9 @@ enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.verbose {
-        0 if matches!(cli.command, Command::Watch { .. }) => "info,tantivy=warn,hnsw_rs=warn",
+        0 if matches!(cli.command, Command::Watch { .. }) => "info,tantivy=warn",
         0 => "warn",
-        1 => "info,tantivy=warn,hnsw_rs=warn",
+        1 => "info,tantivy=warn",
         _ => "debug",
     };
     tracing_subscriber::fmt()

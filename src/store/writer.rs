@@ -2,11 +2,17 @@
 //!
 //! Callers send [`WriteOp`]s over a channel and wait for the outcome. The thread drains what is
 //! queued into one transaction (one commit for many adds), appends one change-log entry per
-//! change, grows the map and retries when LMDB says it is full, and after the commit hands the
-//! changes to a [`ChangeSink`] (the derived indices), all on the same thread, so no transaction
-//! ever crosses a thread or an `.await`.
+//! change, and grows the map and retries when LMDB says it is full; no transaction ever crosses
+//! a thread or an `.await`.
+//!
+//! After a commit the writer hands the changes to a second thread, the indexer, which applies
+//! them to the [`ChangeSink`] (the derived indices) and only then answers the callers: an
+//! acknowledged write is in the store and in every index. The two threads form a pipeline: while
+//! the indexer works on one batch, the writer builds and commits the next (a commit mostly waits
+//! on the disk). Tasks that need the sink ([`Writer::with_sink`]) run on the writer thread once
+//! the indexer has caught up, between transactions, as if there were one thread.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -75,7 +81,7 @@ pub(crate) enum WriteOutcome {
     NotFound,
 }
 
-/// Receives the changes of each committed transaction, on the writer thread.
+/// Receives the changes of each committed transaction, in commit order, on the indexer thread.
 pub(crate) trait ChangeSink: Send {
     /// Applies committed changes (in sequence order). Errors are the sink's to log: the store
     /// has committed, and the log lets the sink catch up on the next open.
@@ -91,6 +97,22 @@ enum Job {
     WithSink(SinkTask),
 }
 
+/// Work for the indexer thread.
+enum IndexJob {
+    /// Committed changes, and the answers to send once they are applied.
+    Apply {
+        changes: Vec<Change>,
+        replies: Vec<(Reply, WriteOutcome)>,
+    },
+    /// Answered once every earlier job is done.
+    Barrier(Sender<()>),
+}
+
+/// Committed batches the writer may run ahead of the indexer.
+const PIPELINE_DEPTH: usize = 2;
+
+type SharedSink = Arc<Mutex<Box<dyn ChangeSink>>>;
+
 /// The handle through which everything writes.
 pub(crate) struct Writer {
     tx: Option<Sender<Job>>,
@@ -102,7 +124,7 @@ impl Writer {
         let (tx, rx) = unbounded();
         let thread = std::thread::Builder::new()
             .name("reimagen-writer".into())
-            .spawn(move || writer_loop(&store, rx, sink))
+            .spawn(move || writer_loop(store, rx, sink))
             .expect("spawning the writer thread");
         Writer {
             tx: Some(tx),
@@ -163,7 +185,17 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(store: &Store, rx: Receiver<Job>, mut sink: Box<dyn ChangeSink>) {
+fn writer_loop(store: Arc<Store>, rx: Receiver<Job>, sink: Box<dyn ChangeSink>) {
+    let sink: SharedSink = Arc::new(Mutex::new(sink));
+    let (index_tx, index_rx) = bounded(PIPELINE_DEPTH);
+    let indexer = {
+        let (store, sink) = (Arc::clone(&store), Arc::clone(&sink));
+        std::thread::Builder::new()
+            .name("reimagen-indexer".into())
+            .spawn(move || indexer_loop(&store, index_rx, &sink))
+            .expect("spawning the indexer thread")
+    };
+    let store = store.as_ref();
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut next = Some(first);
@@ -171,7 +203,12 @@ fn writer_loop(store: &Store, rx: Receiver<Job>, mut sink: Box<dyn ChangeSink>) 
             match job {
                 Job::Write(op, reply) => batch.push((op, reply)),
                 Job::WithSink(task) => {
-                    flush_batch(store, &mut batch, sink.as_mut());
+                    flush_batch(store, &mut batch, &index_tx, &sink);
+                    let (done, wait) = bounded(1);
+                    if index_tx.send(IndexJob::Barrier(done)).is_ok() {
+                        let _ = wait.recv();
+                    }
+                    let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
                     task(store, sink.as_mut());
                 }
             }
@@ -179,11 +216,38 @@ fn writer_loop(store: &Store, rx: Receiver<Job>, mut sink: Box<dyn ChangeSink>) 
                 next = rx.try_recv().ok();
             }
         }
-        flush_batch(store, &mut batch, sink.as_mut());
+        flush_batch(store, &mut batch, &index_tx, &sink);
+    }
+    drop(index_tx);
+    let _ = indexer.join();
+}
+
+fn indexer_loop(store: &Store, rx: Receiver<IndexJob>, sink: &SharedSink) {
+    while let Ok(job) = rx.recv() {
+        match job {
+            IndexJob::Apply { changes, replies } => {
+                if !changes.is_empty() {
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .apply(store, &changes);
+                }
+                for (reply, outcome) in replies {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            IndexJob::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
     }
 }
 
-fn flush_batch(store: &Store, batch: &mut Vec<(WriteOp, Reply)>, sink: &mut dyn ChangeSink) {
+fn flush_batch(
+    store: &Store,
+    batch: &mut Vec<(WriteOp, Reply)>,
+    index_tx: &Sender<IndexJob>,
+    sink: &SharedSink,
+) {
     if batch.is_empty() {
         return;
     }
@@ -200,11 +264,21 @@ fn flush_batch(store: &Store, batch: &mut Vec<(WriteOp, Reply)>, sink: &mut dyn 
     };
     match result {
         Ok((outcomes, changes)) => {
-            if !changes.is_empty() {
-                sink.apply(store, &changes);
-            }
-            for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+            let replies: Vec<(Reply, WriteOutcome)> = batch
+                .drain(..)
+                .map(|(_, reply)| reply)
+                .zip(outcomes)
+                .collect();
+            if let Err(unsent) = index_tx.send(IndexJob::Apply { changes, replies }) {
+                // No indexer (it panicked): apply here so that nothing waits forever.
+                if let IndexJob::Apply { changes, replies } = unsent.into_inner() {
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .apply(store, &changes);
+                    for (reply, outcome) in replies {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
             }
         }
         Err(e) => {

@@ -1,11 +1,14 @@
-//! HNSW indices (hnsw_rs) over image and text embeddings. Derived from the store (invariant 2).
+//! HNSW indices over image and text embeddings. Derived from the store (invariant 2).
 //!
-//! hnsw_rs has no delete, so a removed or updated pair's old point stays in the graph and its doc
-//! number goes into a tombstone set that every search filters out; when tombstones pass a fifth
-//! of the points, the graph is rebuilt from the store at the next dump. A dump goes to a fresh
+//! The graph ([`hnsw::Graph`]) is kept in flat arrays. It has no delete: a removed or updated
+//! pair's old point stays in the graph (it still helps the walk) and its doc number goes into a
+//! tombstone set that every search filters out during the walk; when tombstones pass a fifth of
+//! the points, the graph is rebuilt from the store at the next dump. A dump goes to a fresh
 //! directory, is fsynced and checksummed, and only then is the manifest that names it replaced
-//! (atomically). On open the checksums are verified before hnsw_rs reads a byte (it exits the
-//! process on a truncated file), and the change log is replayed from the manifest's sequence.
+//! (atomically). On open the checksums are verified and the graph file is checked link by link
+//! before it is used, and the change log is replayed from the manifest's sequence.
+
+mod hnsw;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -13,24 +16,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use hnsw_rs::api::AnnT;
-use hnsw_rs::hnswio::HnswIo;
-use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
+
+pub use hnsw::Graph;
 
 use crate::error::IndexError;
 use crate::store::Store;
 use crate::store::records::{Change, ChangeKind, EmbeddingKind};
-
-/// `1 − a·b` for unit vectors, clamped at zero (rounding can push a dot product past one).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct UnitDot;
-
-impl Distance<f32> for UnitDot {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
 
 /// Dot product. On x86-64 with AVX2 and FMA (checked once, at run time) it runs 16 lanes of
 /// fused multiply-adds; elsewhere eight independent accumulators let the compiler vectorise.
@@ -43,18 +35,19 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+/// The dot product without SIMD intrinsics, for f32 or f16 `b`.
+fn dot_portable<T: Copy + Into<f32>>(a: &[f32], b: &[T]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x * (*y).into())
         .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            acc[i] += x[i] * y[i].into();
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -98,6 +91,59 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             .sum::<f32>()
 }
 
+/// Dot product of an f32 vector with an f16 one (the graph keeps its vectors in f16: half the
+/// memory traffic of a walk that is bound by it). AVX2 + F16C when the CPU has them.
+pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { dot_f16_avx2(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(a: &[f32], b: &[half::f16]) -> f32 {
+    use std::arch::x86_64::{
+        __m128i, _mm_loadu_si128, _mm256_add_ps, _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 8 items starting at i, and i + 8 <= n on each of them; an
+    // unaligned 128-bit load holds 8 f16s.
+    unsafe {
+        let half8 = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(pb.add(at) as *const __m128i));
+        while i + 32 <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let at = i + 8 * j;
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(at)), half8(at), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), half8(i), acc[0]);
+            i += 8;
+        }
+    }
+    let mut lanes = [0.0f32; 8];
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    lanes.iter().sum::<f32>()
+        + a[i..n]
+            .iter()
+            .zip(&b[i..n])
+            .map(|(x, y)| x * y.to_f32())
+            .sum::<f32>()
+}
+
 /// Graph parameters.
 ///
 /// By default: 16 links per node, `ef_construction` 48, and search widths of 32 for
@@ -127,11 +173,11 @@ impl Default for HnswParams {
     }
 }
 
-const MAX_LAYERS: usize = 16;
 /// Changes after which the writer dumps the graph even without a close.
 pub const DUMP_EVERY: usize = 20_000;
-
-type Graph = Hnsw<'static, f32, UnitDot>;
+/// The manifest format this code writes; any other means a rebuild.
+const MANIFEST_FORMAT: u32 = 2;
+const GRAPH_FILE: &str = "graph.bin";
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {
@@ -140,8 +186,6 @@ struct Manifest {
     dir: String,
     dim: usize,
     embedder: Option<String>,
-    /// The hnsw_rs dump's basename inside `dir` (absent when the graph is empty).
-    basename: Option<String>,
     /// blake3 of every file in `dir`.
     files: BTreeMap<String, String>,
 }
@@ -244,6 +288,12 @@ impl VectorIndex {
         let raw = fs::read(self.manifest_path()).map_err(|e| format!("manifest: {e}"))?;
         let manifest: Manifest =
             serde_json::from_slice(&raw).map_err(|e| format!("manifest: {e}"))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "manifest format {} (this build reads {MANIFEST_FORMAT})",
+                manifest.format
+            ));
+        }
         if manifest.seq > store_seq {
             return Err("index is ahead of the store (restored backup?)".into());
         }
@@ -254,39 +304,36 @@ impl VectorIndex {
             ));
         }
         let dir = self.root.join(&manifest.dir);
+        let mut contents = BTreeMap::new();
         for (file, expected) in &manifest.files {
             let bytes = fs::read(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
             if blake3::hash(&bytes).to_hex().as_str() != expected {
                 return Err(format!("{file}: checksum mismatch"));
             }
+            contents.insert(file.as_str(), bytes);
         }
         let points: Points = {
-            let bytes = fs::read(dir.join("points.bin")).map_err(|e| format!("points.bin: {e}"))?;
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+            let bytes = contents.get("points.bin").ok_or("points.bin is missing")?;
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
                 .map_err(|e| format!("points.bin: {e}"))?
                 .0
         };
-        let graph = if points.indexed.is_empty() {
-            None
-        } else {
-            // hnsw_rs ties the loaded graph's lifetime to its loader; the loader is small (paths and
-            // options), so it is leaked once per load to give the graph a 'static lifetime.
-            let basename = manifest
-                .basename
-                .as_deref()
-                .ok_or("manifest names no graph")?;
-            let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(&dir, basename)));
-            let graph: Graph = io
-                .load_hnsw::<f32, UnitDot>()
-                .map_err(|e| format!("hnsw load: {e}"))?;
-            if graph.get_nb_point() != points.indexed.len() {
-                return Err(format!(
-                    "graph has {} points, manifest {}",
-                    graph.get_nb_point(),
-                    points.indexed.len()
-                ));
+        let graph = match contents.get(GRAPH_FILE) {
+            None if points.indexed.is_empty() => None,
+            None => return Err(format!("{GRAPH_FILE} is missing")),
+            Some(bytes) => {
+                let graph = Graph::read(bytes).map_err(|e| e.to_string())?;
+                if graph.len() != points.indexed.len() || graph.dim() != manifest.dim {
+                    return Err(format!(
+                        "graph has {} points of {} dimensions, manifest {} of {}",
+                        graph.len(),
+                        graph.dim(),
+                        points.indexed.len(),
+                        manifest.dim
+                    ));
+                }
+                Some(graph)
             }
-            Some(graph)
         };
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         *state = State {
@@ -298,18 +345,6 @@ impl VectorIndex {
             changes_since_dump: 0,
         };
         Ok(())
-    }
-
-    fn new_graph(&self, expected: usize) -> Graph {
-        let mut graph = Hnsw::new(
-            self.params.max_connections,
-            expected.max(1024),
-            MAX_LAYERS,
-            self.params.ef_construction,
-            UnitDot,
-        );
-        graph.set_extend_candidates(false);
-        graph
     }
 
     /// Replays the change log from the last applied sequence.
@@ -385,21 +420,16 @@ impl VectorIndex {
                 ),
             ));
         }
-        let graph = match &mut state.graph {
-            Some(g) => g,
-            slot @ None => slot.insert(self.new_graph(inserts.len())),
-        };
-        if inserts.len() >= 64 {
-            let refs: Vec<(&[f32], usize)> = inserts
-                .iter()
-                .map(|(v, d)| (v.as_slice(), *d as usize))
-                .collect();
-            graph.parallel_insert_slice(&refs);
-        } else {
-            for (v, d) in &inserts {
-                graph.insert_slice((v, *d as usize));
-            }
-        }
+        let dim = state.dim;
+        let graph = state.graph.get_or_insert_with(|| {
+            Graph::new(
+                dim,
+                self.params.max_connections,
+                self.params.ef_construction,
+            )
+        });
+        let refs: Vec<(&[f32], u64)> = inserts.iter().map(|(v, d)| (v.as_slice(), *d)).collect();
+        graph.insert(&refs);
         state.indexed.extend(inserts.iter().map(|(_, d)| *d));
         Ok(())
     }
@@ -446,19 +476,25 @@ impl VectorIndex {
         let rtxn = store.read()?;
         let embedder = store.embedder_id(&rtxn)?;
         drop(rtxn);
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // Searches go on while the files are written (a read lock); only the writer thread
+        // applies changes, so the graph does not move under the dump.
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let pending = state.changes_since_dump;
         let dir_name = format!("{}-{}", self.name(), state.seq);
         let dir = self.root.join(&dir_name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| self.err(&dir, e))?;
-        let basename = match &state.graph {
-            Some(graph) => Some(
-                graph
-                    .file_dump(&dir, "graph")
-                    .map_err(|e| self.err(&dir, e))?,
-            ),
-            None => None,
-        };
+        let mut files = BTreeMap::new();
+        if let Some(graph) = &state.graph {
+            let cut_off = graph.repair();
+            if cut_off > 0 {
+                tracing::debug!(cut_off, index = self.name(), "relinked cut-off graph nodes");
+            }
+            let path = dir.join(GRAPH_FILE);
+            let hash =
+                write_hashed(&path, |out| graph.write(out)).map_err(|e| self.err(&path, e))?;
+            files.insert(GRAPH_FILE.to_string(), hash);
+        }
         let mut indexed: Vec<u64> = state.indexed.iter().copied().collect();
         let mut tombstones: Vec<u64> = state.tombstones.iter().copied().collect();
         indexed.sort_unstable();
@@ -471,28 +507,17 @@ impl VectorIndex {
             bincode::config::standard(),
         )
         .map_err(|e| self.err(&dir, e))?;
-        write_synced(&dir.join("points.bin"), &points).map_err(|e| self.err(&dir, e))?;
-        let mut files = BTreeMap::new();
-        for entry in fs::read_dir(&dir).map_err(|e| self.err(&dir, e))? {
-            let path = entry.map_err(|e| self.err(&dir, e))?.path();
-            let bytes = fs::read(&path).map_err(|e| self.err(&path, e))?;
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| self.err(&path, e))?;
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            files.insert(name, blake3::hash(&bytes).to_hex().to_string());
-        }
+        let path = dir.join("points.bin");
+        let hash =
+            write_hashed(&path, |out| out.write_all(&points)).map_err(|e| self.err(&path, e))?;
+        files.insert("points.bin".to_string(), hash);
+        sync_dir(&dir);
         let manifest = Manifest {
-            format: 1,
+            format: MANIFEST_FORMAT,
             seq: state.seq,
             dir: dir_name.clone(),
             dim: state.dim,
             embedder,
-            basename,
             files,
         };
         let tmp = self.root.join(format!("{}.manifest.json.tmp", self.name()));
@@ -503,7 +528,9 @@ impl VectorIndex {
         .map_err(|e| self.err(&tmp, e))?;
         fs::rename(&tmp, self.manifest_path()).map_err(|e| self.err(&tmp, e))?;
         sync_dir(&self.root);
-        state.changes_since_dump = 0;
+        drop(state);
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.changes_since_dump = state.changes_since_dump.saturating_sub(pending);
         drop(state);
         // Older dumps are garbage once the manifest names the new one.
         let prefix = format!("{}-", self.name());
@@ -538,9 +565,6 @@ impl VectorIndex {
         let Some(graph) = &state.graph else {
             return Vec::new();
         };
-        if query.len() != state.dim || k == 0 {
-            return Vec::new();
-        }
         let mut q = query.to_vec();
         crate::embed::normalize(&mut q);
         let base = if cross_modal {
@@ -549,33 +573,8 @@ impl VectorIndex {
             self.params.ef_search
         };
         let tombstones = &state.tombstones;
-        let keep = |d: usize| !tombstones.contains(&(d as u64)) && accept(d as u64);
-        // hnsw_rs gives up its early exit when handed a filter (it then walks most of the graph),
-        // so search unfiltered, over-fetching, and filter afterwards; only a very selective filter
-        // falls back to the filtered walk.
-        let points = graph.get_nb_point();
-        let mut want = k;
-        loop {
-            let found = graph.search(&q, want, base.max(want));
-            let kept: Vec<(u64, f32)> = found
-                .iter()
-                .filter(|n| keep(n.d_id))
-                .take(k)
-                .map(|n| (n.d_id as u64, 1.0 - n.distance))
-                .collect();
-            if kept.len() == k || found.len() < want || want >= points {
-                return kept;
-            }
-            if want >= 16 * k.max(64) {
-                let filter = |d: &usize| keep(*d);
-                let found = graph.search_filter(&q, k, base.max(k), Some(&filter));
-                return found
-                    .into_iter()
-                    .map(|n| (n.d_id as u64, 1.0 - n.distance))
-                    .collect();
-            }
-            want = (want * 4).min(points);
-        }
+        let keep = |d: u64| !tombstones.contains(&d) && accept(d);
+        graph.search(&q, k, base, &keep)
     }
 
     /// Live doc numbers (indexed and not tombstoned), sorted.
@@ -598,6 +597,39 @@ impl VectorIndex {
             tombstones: state.tombstones.len(),
             seq: state.seq,
         }
+    }
+}
+
+/// Writes a file through `write`, fsyncs it, and returns the blake3 of what was written.
+fn write_hashed(
+    path: &Path,
+    write: impl FnOnce(&mut HashingWriter) -> std::io::Result<()>,
+) -> std::io::Result<String> {
+    let mut out = HashingWriter {
+        file: std::io::BufWriter::with_capacity(1 << 20, fs::File::create(path)?),
+        hasher: blake3::Hasher::new(),
+    };
+    write(&mut out)?;
+    let file = out.file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(out.hasher.finalize().to_hex().to_string())
+}
+
+/// A buffered file writer that hashes what passes through it.
+struct HashingWriter {
+    file: std::io::BufWriter<fs::File>,
+    hasher: blake3::Hasher,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -626,6 +658,18 @@ mod tests {
             assert!((dot(&a, &b) as f64 - plain).abs() < 1e-4, "n = {n}");
             assert!(
                 (dot_portable(&a, &b) as f64 - plain).abs() < 1e-4,
+                "n = {n}"
+            );
+            // f16 keeps 11 significant bits: the products of these O(1) values stay within
+            // 1e-3 of the sum per element.
+            let h: Vec<half::f16> = b.iter().map(|x| half::f16::from_f32(*x)).collect();
+            let tolerance = 1e-3 * (n as f64).max(1.0);
+            assert!(
+                (dot_f16(&a, &h) as f64 - plain).abs() < tolerance,
+                "n = {n}"
+            );
+            assert!(
+                (dot_portable(&a, &h) - dot_f16(&a, &h)).abs() < 1e-3,
                 "n = {n}"
             );
         }
