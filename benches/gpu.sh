@@ -3,13 +3,14 @@
 #
 # It runs, in one short invocation: the adapter report (shader-f16, subgroups, cooperative
 # matrix, limits), `bench kernels` on the GPU through wgpu/Vulkan, the CPU backend, and the
-# PyTorch baseline (training/bench_torch.py) on the same GPU (cuda) at the same shapes.
+# PyTorch baseline (training/bench_torch.py) on the same GPU (cuda) at the same shapes; then the
+# parity tests (tests/tensor_ops.rs: every WGSL kernel against the f64 references) on that GPU.
 #
 # Two steps, because the GPU machine has no network:
 #   1. On a machine with network and the same OS family (here):  benches/gpu.sh --prepare
-#      builds the benchmark and the doctor, and copies them with the Vulkan loader
-#      (libvulkan.so.1 from the `libvulkan1` package) into target/gpu-bundle/.
-#      Carry target/gpu-bundle/ (~11 MiB) with the repository to the GPU machine.
+#      builds the benchmark, the doctor and the tensor_ops test binary, and copies them with
+#      the Vulkan loader (libvulkan.so.1 from the `libvulkan1` package) into target/gpu-bundle/.
+#      Carry target/gpu-bundle/ (~15 MiB) with the repository to the GPU machine.
 #   2. On the GPU machine:  benches/gpu.sh [--quick] [--python PYTHON]
 #      It needs the NVIDIA driver (which ships the Vulkan ICD, libGLX_nvidia.so.0) and, for the
 #      baseline, a Python with torch (training/requirements-bench.txt); without torch it runs the
@@ -18,6 +19,9 @@
 # wgpu needs the Vulkan loader and an ICD manifest for the NVIDIA driver. The loader comes from
 # the bundle when the system has none; the manifest is written to a temporary folder when the
 # driver did not install one (containers often mount the driver's libraries but not its JSON).
+# A manifest named by VK_DRIVER_FILES (or VK_ICD_FILENAMES) beforehand is kept. The driver's
+# Vulkan library (libGLX_nvidia.so.0) is a glvnd vendor library: where glvnd is missing, unpack the
+# `libglvnd0` package too (docs/kernels.md, "GPU figures", shows how it ran on an H200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=target/gpu-bundle
@@ -32,11 +36,15 @@ if [[ "${1:-}" == "--prepare" ]]; then
   cargo build --release --example doctor
   bin=$(cargo bench --no-run --bench kernels 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
   [[ -x "$bin" ]] || { echo "could not find the built bench binary" >&2; exit 1; }
+  tests=$(cargo test --release --no-run --test tensor_ops 2>&1 |
+    sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+  [[ -x "$tests" ]] || { echo "could not find the built tensor_ops test binary" >&2; exit 1; }
   mkdir -p "$BUNDLE"
   cp target/release/examples/doctor "$BUNDLE/doctor"
   cp "$bin" "$BUNDLE/kernels"
+  cp "$tests" "$BUNDLE/tensor_ops"
   # Line tables make the binaries ~40 MB each; the bundle should travel light.
-  if command -v strip >/dev/null; then strip "$BUNDLE/doctor" "$BUNDLE/kernels"; fi
+  if command -v strip >/dev/null; then strip "$BUNDLE/doctor" "$BUNDLE/kernels" "$BUNDLE/tensor_ops"; fi
   loader=$(first_lib 'libvulkan\.so\.1 ')
   if [[ -z "$loader" ]]; then
     echo "no libvulkan.so.1 here: apt-get install -y libvulkan1, then rerun --prepare" >&2
@@ -69,11 +77,15 @@ if [[ -z "$(first_lib 'libvulkan\.so\.1 ')" ]]; then
   echo "using the bundled Vulkan loader"
 fi
 
-# The NVIDIA ICD manifest: the driver's if installed, else one written here.
-icd=""
-for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d; do
-  [[ -f "$d/nvidia_icd.json" ]] && icd="$d/nvidia_icd.json" && break
-done
+# The NVIDIA ICD manifest: one named beforehand, else the driver's if installed, else one written
+# here.
+icd="${VK_DRIVER_FILES:-${VK_ICD_FILENAMES:-}}"
+if [[ -z "$icd" ]]; then
+  for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d \
+    /usr/local/nvidia/share/vulkan/icd.d; do
+    [[ -f "$d/nvidia_icd.json" ]] && icd="$d/nvidia_icd.json" && break
+  done
+fi
 if [[ -z "$icd" ]]; then
   lib=$(first_lib 'libGLX_nvidia\.so\.0 ')
   if [[ -z "$lib" ]]; then
@@ -93,7 +105,10 @@ JSON
     echo "warning: no NVIDIA Vulkan driver library (libGLX_nvidia.so.0) found; wgpu may see no GPU" >&2
   fi
 fi
-[[ -n "$icd" ]] && export VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd"
+if [[ -n "$icd" ]]; then
+  export VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd"
+  echo "Vulkan ICD manifest: $icd"
+fi
 
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi not found"
@@ -109,5 +124,22 @@ if "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else
 else
   echo "no PyTorch with CUDA in $PYTHON: running without the baseline"
 fi
-"$BUNDLE/kernels" --device gpu,cpu $QUICK --json-out target/gpu-bench.json "${torch_args[@]}" | tee target/gpu-bench.txt
-echo "written: target/gpu-doctor.json target/gpu-bench.txt target/gpu-bench.json"
+set +e
+"$BUNDLE/kernels" --device gpu,cpu $QUICK --json-out target/gpu-bench.json "${torch_args[@]}" |
+  tee target/gpu-bench.txt
+bench_status=${PIPESTATUS[0]}
+set -e
+echo "written: target/gpu-doctor.json target/gpu-bench.txt target/gpu-bench.json (exit status $bench_status)"
+
+# The parity tests on the same adapter: the WGSL tests open the best adapter wgpu finds, which
+# here is the GPU above (they fail, never skip, when there is none). Run even if the bench failed.
+parity_status=0
+if [[ -x "$BUNDLE/tensor_ops" ]]; then
+  echo "== parity: tests/tensor_ops.rs (WGSL tests on the first adapter the doctor lists)"
+  set +e
+  "$BUNDLE/tensor_ops" 2>&1 | tee target/gpu-parity.txt
+  parity_status=${PIPESTATUS[0]}
+  set -e
+  echo "written: target/gpu-parity.txt (exit status $parity_status)"
+fi
+[[ $bench_status -eq 0 && $parity_status -eq 0 ]]
