@@ -331,8 +331,11 @@ impl ChangeSink for Sink {
 }
 
 impl Sink {
+    /// Both graphs at once: each reads its embeddings on one thread before its parallel insert,
+    /// and the other fills that gap.
     fn apply_vectors(&self, store: &Store, changes: &[Change]) {
-        for index in [&self.0.image, &self.0.text_vectors] {
+        let indices = [&self.0.image, &self.0.text_vectors];
+        indices.into_par_iter().for_each(|index| {
             if let Err(e) = index.apply(store, changes) {
                 tracing::error!("vector index update failed (it will catch up on next open): {e}");
             }
@@ -341,7 +344,7 @@ impl Sink {
             {
                 tracing::error!("vector index dump failed: {e}");
             }
-        }
+        });
     }
 }
 

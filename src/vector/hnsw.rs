@@ -544,13 +544,13 @@ impl Graph {
                 break;
             }
             self.neighbours(c.1, layer, &mut links);
-            for (i, &n) in links.iter().enumerate() {
-                if let Some(&next) = links.get(i + 1) {
-                    prefetch(self.vector(next));
-                }
-                if !visited.insert(n) {
-                    continue;
-                }
+            // Mark the unseen neighbours first and start loading all their vectors, so that the
+            // loads overlap instead of each distance waiting for its own.
+            links.retain(|&n| visited.insert(n));
+            for &n in &links {
+                prefetch(self.vector(n));
+            }
+            for &n in &links {
                 let d = self.distance(query, n);
                 let worst = results.peek().map_or(f32::INFINITY, |w| w.0);
                 if results.len() < ef || d < worst {
@@ -775,12 +775,11 @@ fn prefetch<T>(v: &[T]) {
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         let p = v.as_ptr() as *const i8;
-        // Two cache lines of the vector; the hardware prefetcher follows the rest.
-        // SAFETY: SSE is part of the x86-64 baseline, and a prefetch never faults, whatever the
-        // address.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(p);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        // Every cache line of the vector.
+        for line in (0..std::mem::size_of_val(v)).step_by(64) {
+            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch never faults, whatever
+            // the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
