@@ -76,6 +76,8 @@ pub struct KbBenchReport {
     pub clip: Latency,
     /// Hybrid (RRF of both) query latency at k = 10.
     pub hybrid: Latency,
+    /// CLIP query latency at k = 10 with an entity filter (each entity has 5 pairs).
+    pub clip_entity: Latency,
     /// Mean recall@10 of CLIP search against exact search at the default search width.
     pub recall_at_10: f64,
     /// The search width used for text → image queries.
@@ -98,6 +100,7 @@ impl std::fmt::Display for KbBenchReport {
             ("bm25", self.bm25),
             ("clip", self.clip),
             ("hybrid", self.hybrid),
+            ("clip + entity", self.clip_entity),
         ] {
             writeln!(
                 f,
@@ -117,6 +120,8 @@ const DIM: usize = 512;
 const SUBSPACE: usize = 32;
 const CENTRES: usize = 2_000;
 const WORDS: usize = 20_000;
+/// Pair `i` belongs to entity `i % ENTITIES` (5 pairs each at 100,000 pairs).
+const ENTITIES: usize = 20_000;
 
 struct Workload {
     captions: Vec<String>,
@@ -302,7 +307,10 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
     for chunk_start in (0..w.captions.len()).step_by(4096) {
         let end = (chunk_start + 4096).min(w.captions.len());
         let pairs: Vec<NewPair> = (chunk_start..end)
-            .map(|i| NewPair::bytes(format!("pair-{i}"), index_png(i), w.captions[i].clone()))
+            .map(|i| {
+                NewPair::bytes(format!("pair-{i}"), index_png(i), w.captions[i].clone())
+                    .entity(format!("entity-{}", i % ENTITIES))
+            })
             .collect();
         for r in kb.add_many(pairs) {
             r?;
@@ -321,11 +329,20 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
     let mut bm25 = Vec::new();
     let mut clip = Vec::new();
     let mut hybrid = Vec::new();
-    for q in &w.query_texts {
+    let mut clip_entity = Vec::new();
+    let entities = ENTITIES.min(w.captions.len()).max(1);
+    for (i, q) in w.query_texts.iter().enumerate() {
         bm25.push(time(&Query::text(q.clone()).k(10))?);
         clip.push(time(&Query::text(q.clone()).mode(SearchMode::Clip).k(10))?);
         hybrid.push(time(
             &Query::text(q.clone()).mode(SearchMode::Hybrid).k(10),
+        )?);
+        let entity = format!("entity-{}", (i * 7919) % entities);
+        clip_entity.push(time(
+            &Query::text(q.clone())
+                .mode(SearchMode::Clip)
+                .k(10)
+                .entity(entity),
         )?);
     }
 
@@ -363,6 +380,7 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
         bm25: latency(bm25),
         clip: latency(clip),
         hybrid: latency(hybrid),
+        clip_entity: latency(clip_entity),
         recall_at_10: recall / recall_queries as f64,
         ef_search_cross: params.ef_search_cross,
         ef_construction: params.ef_construction,

@@ -22,7 +22,7 @@ use crate::store::records::{
     Change, EmbeddingKind, ImageId, PairRecord, PathRecord, QuarantineRecord,
 };
 use crate::store::writer::{ChangeSink, NewRecord, WriteOp, WriteOutcome, Writer};
-use crate::text::{Filters, TextIndex};
+use crate::text::TextIndex;
 use crate::vector::{HnswParams, VectorCounts, VectorIndex};
 
 const CONFIG_FILE: &str = "kb.toml";
@@ -288,6 +288,10 @@ pub enum PathOpOutcome {
     /// Nothing to do: no such path or pair, or the pair is still held by a file.
     Unchanged,
 }
+
+/// Filtered vector searches whose filter passes at most this many pairs are exact (embeddings
+/// read from the store) rather than a graph walk.
+const EXACT_SEARCH_LIMIT: usize = 2_000;
 
 /// The derived indices, fed by the writer after every commit.
 pub(crate) struct Indices {
@@ -1066,20 +1070,19 @@ impl KnowledgeBase {
         fetch: usize,
     ) -> Result<Ranked> {
         let rtxn = self.store.read()?;
-        let filters: &Filters = &query.filters;
-        let accept = |doc: u64| -> bool {
-            if filters.is_empty() {
-                return true;
+        let found = if query.filters.is_empty() {
+            index.search(vector, fetch, cross, &|_| true)
+        } else {
+            // The filter's pairs come from the BM25 index's exact fields. A few of them are
+            // scored exactly; the graph walk would pass through most of the graph to find them.
+            let allowed = self.indices.text.filtered_docs(&query.filters)?;
+            if allowed.len() <= EXACT_SEARCH_LIMIT {
+                self.exact_search(&rtxn, index.kind(), vector, &allowed, fetch)?
+            } else {
+                let allowed: HashSet<u64> = allowed.into_iter().collect();
+                index.search(vector, fetch, cross, &|doc| allowed.contains(&doc))
             }
-            let pair = self
-                .store
-                .id_of_doc(&rtxn, doc)
-                .ok()
-                .flatten()
-                .and_then(|id| self.store.pair(&rtxn, &id).ok().flatten());
-            pair.is_some_and(|p| filters.accepts(&p))
         };
-        let found = index.search(vector, fetch, cross, &accept);
         let floor = query.min_similarity.unwrap_or(f32::NEG_INFINITY);
         let mut out = Vec::with_capacity(found.len());
         for (doc, similarity) in found {
@@ -1091,6 +1094,35 @@ impl KnowledgeBase {
             }
         }
         Ok(out)
+    }
+
+    /// The `k` best of `docs` by cosine similarity to `vector`, computed from the embeddings in
+    /// the store, as (doc, similarity), best first.
+    fn exact_search(
+        &self,
+        rtxn: &heed::RoTxn,
+        kind: EmbeddingKind,
+        vector: &[f32],
+        docs: &[u64],
+        k: usize,
+    ) -> Result<Vec<(u64, f32)>> {
+        let mut q = vector.to_vec();
+        crate::embed::normalize(&mut q);
+        let mut scored = Vec::with_capacity(docs.len());
+        for &doc in docs {
+            let Some(id) = self.store.id_of_doc(rtxn, doc)? else {
+                continue;
+            };
+            if let Some(mut v) = self.store.embedding(rtxn, &id, kind)?
+                && v.len() == q.len()
+            {
+                crate::embed::normalize(&mut v);
+                scored.push((doc, crate::vector::dot(&q, &v)));
+            }
+        }
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.truncate(k);
+        Ok(scored)
     }
 
     /// Counts and sizes.

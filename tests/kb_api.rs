@@ -484,3 +484,81 @@ fn the_lmdb_map_grows_by_itself_when_full() {
     );
     assert!(kb.check().unwrap().is_consistent());
 }
+
+#[test]
+fn filtered_vector_search_is_exact_for_a_rare_entity_and_walks_the_graph_for_a_common_one() {
+    use reimagen::Embedder;
+    let dir = tempfile::tempdir().unwrap();
+    let kb = open_with_toy(dir.path());
+    let embedder = toy();
+    let query = embedder.embed_text("something red").unwrap();
+    // 2,100 pairs of one entity (more than the exact-search limit), 3 of a rare one whose name
+    // needs Unicode case folding, 300 with none; colours spread over the cube.
+    let mut pairs = Vec::new();
+    let mut truth: Vec<(Option<&str>, f32)> = Vec::new();
+    for i in 0..2403u32 {
+        let rgb = [
+            (i * 37 % 256) as u8,
+            (i * 101 % 256) as u8,
+            (i * 53 % 256) as u8,
+        ];
+        let bytes = common::image_bytes(rgb, i, 12, 8, image::ImageFormat::Png);
+        let entity = match i {
+            0..2100 => Some("common"),
+            2100..2103 => Some("Rare Ölberg"),
+            _ => None,
+        };
+        let v = embedder
+            .embed_image(&image::load_from_memory(&bytes).unwrap())
+            .unwrap();
+        truth.push((entity, v.iter().zip(&query).map(|(a, b)| a * b).sum()));
+        let mut pair = NewPair::bytes(format!("{i}.png"), bytes, format!("square {i}"));
+        if let Some(e) = entity {
+            pair = pair.entity(e);
+        }
+        pairs.push(pair);
+    }
+    assert!(kb.add_many(pairs).iter().all(|r| r.is_ok()));
+    let best = |entity: &str| -> Vec<f32> {
+        let mut s: Vec<f32> = truth
+            .iter()
+            .filter(|(e, _)| *e == Some(entity))
+            .map(|(_, s)| *s)
+            .collect();
+        s.sort_by(|a, b| b.total_cmp(a));
+        s
+    };
+
+    let rare = kb
+        .search(
+            &Query::text("something red")
+                .mode(SearchMode::Clip)
+                .k(10)
+                .entity("RARE ÖLBERG"),
+        )
+        .unwrap();
+    assert_eq!(rare.len(), 3, "{rare:#?}");
+    assert!(
+        rare.iter()
+            .all(|h| h.entity.as_deref() == Some("Rare Ölberg"))
+    );
+    for (hit, exact) in rare.iter().zip(best("Rare Ölberg")) {
+        assert!((hit.score - exact).abs() < 1e-4, "{} vs {exact}", hit.score);
+    }
+
+    let common = kb
+        .search(
+            &Query::text("something red")
+                .mode(SearchMode::Clip)
+                .k(5)
+                .entity("common"),
+        )
+        .unwrap();
+    assert_eq!(common.len(), 5);
+    assert!(common.iter().all(|h| h.entity.as_deref() == Some("common")));
+    let fifth = best("common")[4];
+    assert!(
+        common.iter().all(|h| h.score >= fifth - 2e-3),
+        "the graph walk found worse than the exact top 5 (5th: {fifth}): {common:#?}"
+    );
+}

@@ -70,16 +70,18 @@ impl Filters {
 
     /// Whether a pair passes.
     pub fn accepts(&self, pair: &PairRecord) -> bool {
-        let entity_ok = self.entity.as_ref().is_none_or(|e| {
-            pair.entity
-                .as_ref()
-                .is_some_and(|pe| pe.eq_ignore_ascii_case(e))
-        });
+        // The same folding as the index's exact fields (Unicode lowercase), so that every
+        // retriever agrees on "Ölberg" and "ölberg".
+        let same = |a: &str, b: &str| a == b || a.to_lowercase() == b.to_lowercase();
+        let entity_ok = self
+            .entity
+            .as_ref()
+            .is_none_or(|e| pair.entity.as_ref().is_some_and(|pe| same(pe, e)));
         entity_ok
             && self
                 .tags
                 .iter()
-                .all(|t| pair.tags.iter().any(|pt| pt.eq_ignore_ascii_case(t)))
+                .all(|t| pair.tags.iter().any(|pt| same(pt, t)))
     }
 }
 
@@ -276,28 +278,64 @@ impl TextIndex {
         parser.set_field_boost(f.entity, 1.5);
         let (parsed, _errors) = parser.parse_query_lenient(text);
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, parsed)];
-        if let Some(entity) = &filters.entity {
-            let term = Term::from_field_text(f.entity_exact, &entity.to_lowercase());
-            clauses.push((
-                Occur::Must,
-                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-            ));
-        }
-        for tag in &filters.tags {
-            let term = Term::from_field_text(f.tag_exact, &tag.to_lowercase());
-            clauses.push((
-                Occur::Must,
-                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-            ));
-        }
+        clauses.extend(self.filter_clauses(filters));
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
         let top = searcher
             .search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())
             .map_err(|e| self.err(e))?;
+        self.doc_numbers(&searcher, top)
+    }
+
+    /// Doc numbers of every pair that passes `filters`, in no particular order; an empty filter
+    /// passes every pair. The vector retrievers use it to search a small filtered set exactly.
+    pub fn filtered_docs(&self, filters: &Filters) -> Result<Vec<u64>, IndexError> {
+        let mut clauses = self.filter_clauses(filters);
+        if clauses.is_empty() {
+            clauses.push((Occur::Must, Box::new(AllQuery)));
+        }
+        let searcher = self.reader.searcher();
+        let found = searcher
+            .search(&BooleanQuery::new(clauses), &DocSetCollector)
+            .map_err(|e| self.err(e))?;
+        Ok(self
+            .doc_numbers(&searcher, found.into_iter().map(|a| ((), a)))?
+            .into_iter()
+            .map(|(doc, ())| doc)
+            .collect())
+    }
+
+    /// One `Must` clause per filter (exact entity, each exact tag).
+    fn filter_clauses(&self, filters: &Filters) -> Vec<(Occur, Box<dyn Query>)> {
+        let f = self.fields;
+        let entity = filters
+            .entity
+            .iter()
+            .map(|e| Term::from_field_text(f.entity_exact, &e.to_lowercase()));
+        let tags = filters
+            .tags
+            .iter()
+            .map(|t| Term::from_field_text(f.tag_exact, &t.to_lowercase()));
+        entity
+            .chain(tags)
+            .map(|term| {
+                let query: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                (Occur::Must, query)
+            })
+            .collect()
+    }
+
+    /// Maps tantivy addresses (with whatever rides along) to doc numbers through the `doc` fast
+    /// field, keeping the order.
+    fn doc_numbers<T>(
+        &self,
+        searcher: &tantivy::Searcher,
+        found: impl IntoIterator<Item = (T, tantivy::DocAddress)>,
+    ) -> Result<Vec<(u64, T)>, IndexError> {
         let mut columns = std::collections::HashMap::new();
-        let mut out = Vec::with_capacity(top.len());
-        for (score, address) in top {
+        let mut out = Vec::new();
+        for (extra, address) in found {
             let column = match columns.entry(address.segment_ord) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
@@ -306,7 +344,7 @@ impl TextIndex {
                 }
             };
             if let Some(doc) = column.first(address.doc_id) {
-                out.push((doc, score));
+                out.push((doc, extra));
             }
         }
         Ok(out)

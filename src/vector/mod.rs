@@ -266,6 +266,11 @@ impl VectorIndex {
         Ok(index)
     }
 
+    /// The kind of embedding this index holds.
+    pub fn kind(&self) -> EmbeddingKind {
+        self.kind
+    }
+
     fn name(&self) -> &'static str {
         match self.kind {
             EmbeddingKind::Image => "image",
