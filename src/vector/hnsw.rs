@@ -229,6 +229,10 @@ impl Graph {
     pub fn insert(&mut self, points: &[(&[f32], u64)]) {
         let start = self.len();
         self.vectors.reserve(points.len() * self.dim);
+        assert!(
+            start + points.len() < NONE as usize,
+            "an HNSW graph holds fewer than 2³² points"
+        );
         for (v, doc) in points {
             assert_eq!(v.len(), self.dim, "point of the wrong dimension");
             let at = self.vectors.len();
@@ -243,7 +247,8 @@ impl Graph {
             if level == 0 {
                 self.upper_at.push(NONE);
             } else {
-                self.upper_at.push(self.upper.len() as u32);
+                let at = u32::try_from(self.upper.len()).expect("fewer than 2³² upper links");
+                self.upper_at.push(at);
                 self.upper
                     .extend((0..level as usize * (1 + self.m)).map(|_| AtomicU32::new(0)));
             }
