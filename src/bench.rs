@@ -25,7 +25,8 @@ use crate::search::{Query, SearchMode};
 
 /// Settings of a KB benchmark run.
 ///
-/// By default: 100,000 pairs, 1,000 queries per retriever, seed 42, default HNSW parameters.
+/// By default: 100,000 pairs, 1,000 queries per retriever, seed 42, default HNSW parameters,
+/// spread 0.3 and noise 0.02.
 #[derive(Clone, Debug)]
 pub struct KbBenchOptions {
     /// Pairs to ingest.
@@ -38,6 +39,12 @@ pub struct KbBenchOptions {
     pub export: Option<PathBuf>,
     /// HNSW parameters of the KB under test.
     pub hnsw: crate::vector::HnswParams,
+    /// Spread of a pair around its cluster centre, per dimension of the 32-d subspace (0.3).
+    /// Larger means fuzzier neighbourhoods; 0 leaves only `noise`, so that a cluster's members
+    /// are near-duplicates whose order the noise decides.
+    pub spread: f32,
+    /// Noise added to each of the 512 dimensions after the projection (0.02).
+    pub noise: f32,
 }
 
 impl Default for KbBenchOptions {
@@ -48,6 +55,8 @@ impl Default for KbBenchOptions {
             seed: 42,
             export: None,
             hnsw: crate::vector::HnswParams::default(),
+            spread: 0.3,
+            noise: 0.02,
         }
     }
 }
@@ -180,7 +189,7 @@ fn workload(opts: &KbBenchOptions) -> Workload {
                     .zip(&z)
                     .map(|(p, z)| p * z)
                     .sum::<f32>()
-                    + 0.02 * gaussian(rng)
+                    + opts.noise * gaussian(rng)
             })
             .collect();
         normalize(&mut v);
@@ -196,7 +205,7 @@ fn workload(opts: &KbBenchOptions) -> Workload {
                 .join(" "),
         );
         let c = rng.random_range(0..CENTRES);
-        vectors.push(embed(&mut rng, &centres[c], 0.3));
+        vectors.push(embed(&mut rng, &centres[c], opts.spread));
     }
     let mut query_texts = Vec::with_capacity(opts.queries);
     let mut query_vectors = Vec::with_capacity(opts.queries);
@@ -206,7 +215,7 @@ fn workload(opts: &KbBenchOptions) -> Workload {
         // A query text is unique per query (the table embedder keys on it).
         query_texts.push(format!("{} q{i}", words.join(" ")));
         let c = rng.random_range(0..CENTRES);
-        query_vectors.push(embed(&mut rng, &centres[c], 0.3));
+        query_vectors.push(embed(&mut rng, &centres[c], opts.spread));
     }
     Workload {
         captions,

@@ -196,6 +196,13 @@ enum BenchCommand {
         /// HNSW candidate list size while building [default: the KB default].
         #[arg(long)]
         ef_construction: Option<usize>,
+        /// Spread of a pair around its cluster centre (larger: fuzzier neighbourhoods; 0: a
+        /// cluster's pairs are near-duplicates told apart by the noise alone).
+        #[arg(long, default_value_t = 0.3)]
+        spread: f32,
+        /// Noise added to every dimension of an embedding.
+        #[arg(long, default_value_t = 0.02)]
+        noise: f32,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -489,6 +496,8 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             export,
             ef_search,
             ef_construction,
+            spread,
+            noise,
             json,
         } => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
@@ -501,6 +510,8 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
                 seed,
                 export,
                 hnsw,
+                spread,
+                noise,
             };
             let bar = spinner("benchmarking");
             let report = reimagen::bench::run_kb(&dir.path().join("kb"), &opts, &|m| {
