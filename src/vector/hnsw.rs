@@ -183,6 +183,14 @@ impl Graph {
         &self.coarse[at..at + self.dim]
     }
 
+    /// Node `node`'s f16 row widened to f32, in `out`. Building reads only the f16 rows (the ones
+    /// the walk has just brought into cache); the f32 rows serve the final ranking of a search.
+    fn decode<'o>(&self, node: u32, out: &'o mut Vec<f32>) -> &'o [f32] {
+        out.resize(self.dim, 0.0);
+        self.coarse(node).convert_to_f32_slice(out);
+        out
+    }
+
     /// The walk's distance (f16 vectors).
     fn distance(&self, query: &[f32], node: u32) -> f32 {
         1.0 - dot_f16(query, self.coarse(node))
@@ -351,7 +359,8 @@ impl Graph {
             slot[0].store((count + fresh.len()) as u32, AtomicOrdering::Release);
             return;
         }
-        let base = self.vector(node);
+        let mut buf = Vec::new();
+        let base = self.decode(node, &mut buf);
         let mut candidates: Vec<Scored> = current
             .iter()
             .map(|&l| Scored(self.distance(base, l), l))
@@ -457,7 +466,8 @@ impl Graph {
         if current.contains(&to) {
             return true;
         }
-        let base = self.vector(from);
+        let mut buf = Vec::new();
+        let base = self.decode(from, &mut buf);
         let mut list: Vec<Scored> = current
             .iter()
             .map(|&l| Scored(self.distance(base, l), l))
@@ -483,11 +493,12 @@ impl Graph {
     /// in different directions), up to `m`. `candidates` must be sorted nearest first.
     fn select(&self, candidates: &[Scored], m: usize) -> Vec<Scored> {
         let mut kept: Vec<Scored> = Vec::with_capacity(m);
+        let mut buf = Vec::with_capacity(self.dim);
         for c in candidates {
             if kept.len() >= m {
                 break;
             }
-            let v = self.vector(c.1);
+            let v = self.decode(c.1, &mut buf);
             if kept.iter().all(|k| self.distance(v, k.1) > c.0) {
                 kept.push(*c);
             }
