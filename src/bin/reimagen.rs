@@ -265,11 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if let Command::Doctor { json } = cli.command {
         let report = reimagen::tensor::doctor::report();
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!("{report}");
-        }
+        print_report(&report, json)?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Init = cli.command {
@@ -518,11 +514,7 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
                 bar.set_message(m.to_string())
             })?;
             bar.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+            print_report(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Kernels {
@@ -545,14 +537,23 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             let bar = spinner("benchmarking kernels");
             let report = bench::run(&options)?;
             bar.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+            print_report(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints a report as one JSON document, or as its text form.
+fn print_report<T: serde::Serialize + std::fmt::Display>(
+    report: &T,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 fn watch(

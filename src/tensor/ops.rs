@@ -193,36 +193,66 @@ fn axis_of(op: &'static str, t: &Tensor, axis: usize) -> Result<()> {
     Ok(())
 }
 
+/// The CPU side of a weighted op: input, weight, bias.
+type CpuWeighted<P> = fn(&[f32], &[f32], Option<&[f32]>, &P) -> Vec<f32>;
+
+/// The GPU side of a weighted op: device, input, weight, whether the weight is packed f16, bias.
+type GpuWeighted<P> = fn(
+    &WgpuDevice,
+    &gpu::GpuBuffer,
+    &gpu::GpuBuffer,
+    bool,
+    Option<&gpu::GpuBuffer>,
+    &P,
+) -> Result<gpu::GpuBuffer>;
+
 impl Tensor {
     fn run_matmul(
         &self,
         rhs: &Tensor,
         bias: Option<&Tensor>,
-        plan: MatmulPlan,
+        plan: &MatmulPlan,
         shape: Vec<usize>,
+    ) -> Result<Tensor> {
+        let (cpu, gpu) = (cpu::matmul::matmul, gpu::matmul::matmul);
+        self.run_weighted("matmul", rhs, bias, plan, shape, cpu, gpu)
+    }
+
+    /// Runs a weighted op (matmul, conv2d: input, weight, optional bias) on the backend that
+    /// holds its operands. Only the weight may be f16 (packed, on a GPU).
+    #[allow(clippy::too_many_arguments)]
+    fn run_weighted<P>(
+        &self,
+        op: &'static str,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        plan: &P,
+        shape: Vec<usize>,
+        on_cpu: CpuWeighted<P>,
+        on_gpu: GpuWeighted<P>,
     ) -> Result<Tensor> {
         let mut operands = vec![self];
         operands.extend(bias);
-        on("matmul", &operands)?;
-        operands.push(rhs);
-        match on_any("matmul", &operands)? {
+        on(op, &operands)?;
+        operands.push(weight);
+        match on_any(op, &operands)? {
             On::Cpu => Ok(Tensor::from_cpu(
-                cpu::matmul::matmul(
+                on_cpu(
                     self.cpu_data(),
-                    rhs.cpu_data(),
+                    weight.cpu_data(),
                     bias.map(|b| b.cpu_data()),
-                    &plan,
+                    plan,
                 ),
                 shape,
             )),
             On::Gpu(d) => {
-                let out = gpu::matmul::matmul(
+                let out = on_gpu(
                     d,
                     self.gpu_buffer(),
-                    rhs.gpu_buffer(),
-                    rhs.dtype == DType::F16,
+                    weight.gpu_buffer(),
+                    weight.dtype == DType::F16,
                     bias.map(|b| b.gpu_buffer()),
-                    &plan,
+                    plan,
                 )?;
                 Ok(Tensor::from_gpu(d, out, shape))
             }
@@ -267,7 +297,7 @@ impl Tensor {
         };
         let mut shape = lead.to_vec();
         shape.extend([m, n]);
-        self.run_matmul(rhs, None, plan, shape)
+        self.run_matmul(rhs, None, &plan, shape)
     }
 
     /// A linear layer: `[.., K] · weightᵀ + bias → [.., N]` with `weight` `[N, K]` (PyTorch's
@@ -302,7 +332,7 @@ impl Tensor {
         };
         let mut shape = self.shape[..r - 1].to_vec();
         shape.push(n);
-        self.run_matmul(weight, bias, plan, shape)
+        self.run_matmul(weight, bias, &plan, shape)
     }
 
     /// 2D convolution of NCHW images `[N, Cin, H, W]` with `weight` `[Cout, Cin, kh, kw]`, an
@@ -369,32 +399,15 @@ impl Tensor {
             wo: (w + 2 * padding - kw) / stride + 1,
         };
         let shape = vec![images, cout, plan.ho, plan.wo];
-        let mut operands = vec![self];
-        operands.extend(bias);
-        on("conv2d", &operands)?;
-        operands.push(weight);
-        match on_any("conv2d", &operands)? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::conv2d::conv2d(
-                    self.cpu_data(),
-                    weight.cpu_data(),
-                    bias.map(|b| b.cpu_data()),
-                    &plan,
-                ),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::conv2d::conv2d(
-                    d,
-                    self.gpu_buffer(),
-                    weight.gpu_buffer(),
-                    weight.dtype == DType::F16,
-                    bias.map(|b| b.gpu_buffer()),
-                    &plan,
-                )?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
-        }
+        self.run_weighted(
+            "conv2d",
+            weight,
+            bias,
+            &plan,
+            shape,
+            cpu::conv2d::conv2d,
+            gpu::conv2d::conv2d,
+        )
     }
 
     fn group_norm_impl(
