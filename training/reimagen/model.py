@@ -102,9 +102,11 @@ class UNetConfig:
             for lv in getattr(self, key):
                 if not 0 <= lv < self.levels:
                     bad(key, f"names level {lv}, the model has {self.levels}")
-        for ch in self.block_channels:
-            if ch % self.attention_head_dim:
-                bad("block_channels", f"{ch} is not a multiple of attention_head_dim")
+        attended = {*self.attention_levels, *self.neighbour_levels, self.levels - 1}
+        for i, ch in enumerate(self.block_channels):
+            if i in attended and ch % self.attention_head_dim:
+                bad("block_channels", f"{ch} (level {i}, with attention) is not a multiple of "
+                    "attention_head_dim")
             if ch % self.norm_groups:
                 bad("block_channels", f"{ch} is not a multiple of norm_groups")
         if self.layers_per_block < 1:
