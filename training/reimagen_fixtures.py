@@ -28,7 +28,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPConfig, CLIPModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -64,30 +64,70 @@ BASE = UNetConfig(
 )
 SR = UNetConfig(
     sample_size=16, low_res_size=8, block_channels=[8, 16], layers_per_block=1,
-    attention_levels=[1], neighbour_levels=[1], attention_head_dim=8, ff_mult=2, norm_groups=4,
+    attention_levels=[1], neighbour_levels=[0], attention_head_dim=8, ff_mult=2, norm_groups=4,
     time_embed_dim=32, text_encoder="../clip", text_dim=32, text_max_length=TEXT_MAX_LENGTH,
     prediction_type="v_prediction", beta_schedule="linear", thresholding="clip",
     noise_aug_max=250, noise_aug_level=100,
 )
 
 
+def train_merges(corpus: list[str], n: int) -> list[tuple[str, str]]:
+    """A plain BPE over the corpus' words with a deterministic tie-break (the `tokenizers`
+    trainer breaks ties by hash order, which made the fixture change from run to run). The
+    corpus is ASCII, which byte-level mapping leaves unchanged."""
+    import re
+    words: dict[tuple[str, ...], int] = {}
+    for line in corpus:
+        for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", line.lower()):
+            sym = tuple(w[:-1]) + (w[-1] + "</w>",)
+            words[sym] = words.get(sym, 0) + 1
+    merges = []
+    for _ in range(n):
+        pairs: dict[tuple[str, str], int] = {}
+        for sym, c in words.items():
+            for a, b in zip(sym, sym[1:]):
+                pairs[(a, b)] = pairs.get((a, b), 0) + c
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        merged = {}
+        for sym, c in words.items():
+            out, k = [], 0
+            while k < len(sym):
+                if k + 1 < len(sym) and (sym[k], sym[k + 1]) == best:
+                    out.append(sym[k] + sym[k + 1])
+                    k += 2
+                else:
+                    out.append(sym[k])
+                    k += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + c
+        words = merged
+    return merges
+
+
 def build_tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>",
-                               fuse_unk=False, byte_fallback=False))
+    """CLIP-style: NFC, whitespace folding, lower case, CLIP's split regex, byte-level symbols,
+    BPE with the `</w>` end-of-word suffix, <|startoftext|>/<|endoftext|> last in the vocabulary
+    and added by the post-processor."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = train_merges(CORPUS, 40)
+    vocab: dict[str, int] = {}
+    for tok in alphabet + [a + "</w>" for a in alphabet] + [a + b for a, b in merges]:
+        vocab.setdefault(tok, len(vocab))
+    vocab[BOS] = len(vocab)
+    vocab[EOS] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="",
+                               end_of_word_suffix="</w>", fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.Sequence([
         normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=256 + 40, special_tokens=[], end_of_word_suffix="</w>",
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
     tok.add_special_tokens([BOS, EOS])
     tok.post_processor = processors.RobertaProcessing(
-        (EOS, tok.token_to_id(EOS)), (BOS, tok.token_to_id(BOS)), trim_offsets=False,
-        add_prefix_space=False)
+        (EOS, vocab[EOS]), (BOS, vocab[BOS]), trim_offsets=False, add_prefix_space=False)
     return tok
 
 
