@@ -240,6 +240,7 @@ def stage_cases(name: str, cfg: UNetConfig, seed: int, enc: TextEncoder) -> None
         ("ddim_interleaved", "ddim", Guidance("interleaved", w_p=2.0, w_n=3.0, eta=0.5), False),
         ("ddim_standard_negative", "ddim", Guidance("standard", w=2.5), True),
         ("dpmpp_weighted", "dpmpp", Guidance("weighted", w_p=2.0, w_n=1.5, eta=0.3), False),
+        ("ddpm_joint", "ddpm", Guidance("joint"), False),
     ]
     for run, sampler, gd, use_negative in runs:
         x_T = torch.randn(1, 3, s, s, generator=g)
@@ -253,6 +254,8 @@ def stage_cases(name: str, cfg: UNetConfig, seed: int, enc: TextEncoder) -> None
         tensors[f"{run}.x_T"] = x_T
         for i, step in enumerate(trace):
             tensors[f"{run}.x.{i}"] = step["x"]
+            if step["noise"] is not None and step["t_prev"] >= 0:  # DDPM: the z each step added
+                tensors[f"{run}.z.{i}"] = step["noise"]
         meta["trajectories"][run] = {
             "sampler": sampler, "steps": 4, "timesteps": [st["t"] for st in trace],
             "guidance": vars(gd), "negative_prompt": use_negative,

@@ -142,7 +142,7 @@ def unet_call(model, x, t: int, cond: Condition, names: list[str]):
 def sample(model, schedule, x_T, cond: Condition, g: Guidance, sampler: str = "ddim",
            steps: int = 50, seed: int = 0, record: bool = False):
     """Run one stage from x_T. Returns (x₀, trace) where trace (when `record`) holds every step's
-    timestep, the interleaved choice and the resulting x."""
+    timestep, the interleaved choice, the resulting x and (DDPM) the noise z it added."""
     gen = torch.Generator().manual_seed(seed)
     ts = schedule.timesteps(steps)
     x = x_T
@@ -165,5 +165,6 @@ def sample(model, schedule, x_T, cond: Condition, g: Guidance, sampler: str = "d
         else:
             raise ValueError(f"unknown sampler {sampler!r}")
         if record:
-            trace.append({"t": t, "t_prev": t_prev, "choice": choice, "x": x.clone()})
+            trace.append({"t": t, "t_prev": t_prev, "choice": choice, "x": x.clone(),
+                          "noise": noise if sampler == "ddpm" else None})
     return x, trace
