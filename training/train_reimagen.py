@@ -32,7 +32,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import os
 import pathlib
 import random
@@ -461,7 +460,7 @@ def sample_sheet(run: pathlib.Path, model, sched: Schedule, data: EmojiData, n: 
     model, so the two columns differ only by the neighbours), same x_T for both."""
     from reimagen.guidance import Condition, Guidance, sample
     cfg = model.cfg
-    model.eval()
+    model = copy.deepcopy(model).cpu().float().eval()  # a few calls: the CPU does them anywhere
     rows = torch.tensor([data.index[i] for i in data.val_ids[:n]], dtype=torch.long)
     if len(rows) == 0:
         return
@@ -485,7 +484,6 @@ def sample_sheet(run: pathlib.Path, model, sched: Schedule, data: EmojiData, n: 
     grid = torch.cat(list(grid), dim=1)
     img = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(img).save(run / "samples.png")
-    model.train()
 
 
 def bench(args) -> None:
