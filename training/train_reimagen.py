@@ -116,11 +116,8 @@ class EmojiData:
         self.ids = [m["id"] for m in manifest]
         self.index = {i: n for n, i in enumerate(self.ids)}
         self.train_ids = [i for i in self.ids if i not in heldback and i in neighbours]
-        self.val_ids = val_ids[: train["val_examples"]]
         k = train["neighbours"]
         s = cfg.sample_size
-        log(f"data: {len(self.ids)} train-split renditions, {len(self.train_ids)} training "
-            f"examples, {len(heldback)} held back, {len(self.val_ids)} validation examples")
 
         t0 = time.time()
         self.images = torch.from_numpy(np.stack(
@@ -146,7 +143,7 @@ class EmojiData:
         # Neighbour table [N, K] of row indices (−1 = none). Held-back renditions never serve as
         # a training example's neighbour; a validation example keeps all its neighbours.
         self.nbr = torch.full((len(self.ids), k), -1, dtype=torch.long)
-        val_set = set(self.val_ids)
+        val_set = set(val_ids)
         for i in self.ids:
             if i not in neighbours:
                 continue
@@ -155,6 +152,11 @@ class EmojiData:
                 cands = [n for n in cands if n not in heldback]
             for j, n in enumerate(cands[:k]):
                 self.nbr[self.index[i], j] = self.index[n]
+        # Validation examples need a neighbour, or "with" and "without" are the same call.
+        self.val_ids = [i for i in val_ids if int(self.nbr[self.index[i]].max()) >= 0]
+        self.val_ids = self.val_ids[: train["val_examples"]]
+        log(f"data: {len(self.ids)} train-split renditions, {len(self.train_ids)} training "
+            f"examples, {len(heldback)} held back, {len(self.val_ids)} validation examples")
 
     def batch(self, rows: torch.Tensor):
         """Targets, text, neighbour images/text/weights (weight 0 where a slot is empty)."""
