@@ -187,7 +187,8 @@ fn a_bad_language_in_kb_toml_is_a_config_error_naming_the_choices() {
     drop(KnowledgeBase::create(dir.path()).unwrap());
     let path = dir.path().join("kb.toml");
     let toml = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("{toml}language = \"klingon\"\n")).unwrap();
+    assert!(toml.contains("language = \"english\""), "{toml}");
+    std::fs::write(&path, toml.replace("\"english\"", "\"klingon\"")).unwrap();
     let err = KnowledgeBase::open(dir.path()).err().expect("refused");
     assert!(err.is_user_error());
     let message = err.to_string();
