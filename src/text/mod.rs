@@ -519,6 +519,7 @@ impl TextIndex {
         if !complete
             && let Some(last) = plain.last()
             && last.chars().count() >= PREFIX_MIN_CHARS
+            && self.starts_some_word(searcher, last)?
         {
             let term = Term::from_field_text(f.plain, last);
             loose.push((
@@ -540,6 +541,31 @@ impl TextIndex {
             (Occur::Should, Box::new(BooleanQuery::new(loose))),
             (Occur::Should, tier),
         ]))))
+    }
+
+    /// Whether some indexed word (as written) starts with `prefix`: one dictionary seek per
+    /// segment, which spares the common query whose last word starts nothing the prefix tier
+    /// and its second pass over the exact words.
+    fn starts_some_word(
+        &self,
+        searcher: &tantivy::Searcher,
+        prefix: &str,
+    ) -> Result<bool, IndexError> {
+        for segment in searcher.segment_readers() {
+            let index = segment
+                .inverted_index(self.fields.plain)
+                .map_err(|e| self.err(e))?;
+            let mut stream = index
+                .terms()
+                .range()
+                .ge(prefix.as_bytes())
+                .into_stream()
+                .map_err(|e| self.err(e.into()))?;
+            if stream.advance() && stream.key().starts_with(prefix.as_bytes()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn analyzer(&self, name: &str) -> Result<TextAnalyzer, IndexError> {
