@@ -368,6 +368,9 @@ impl Sink {
     }
 }
 
+/// A callback following long work, with a word on what is being done.
+pub type ProgressFn = Arc<dyn Fn(&str, Progress) + Send + Sync>;
+
 /// Options for opening a knowledge base. Get one from [`KnowledgeBase::builder`].
 ///
 /// By default: no embedder (BM25 only), [`DecodeLimits::default`], [`CaptionRules::default`],
@@ -382,7 +385,7 @@ pub struct Builder {
     hnsw: HnswParams,
     map_size: usize,
     language: Option<TextLanguage>,
-    progress: Option<Arc<dyn Fn(&str, Progress) + Send + Sync>>,
+    progress: Option<ProgressFn>,
 }
 
 impl Builder {
@@ -394,7 +397,7 @@ impl Builder {
     }
 
     /// Follows long work done while opening (an index rebuilt), with what is being done.
-    pub fn progress(mut self, progress: Arc<dyn Fn(&str, Progress) + Send + Sync>) -> Builder {
+    pub fn progress(mut self, progress: ProgressFn) -> Builder {
         self.progress = Some(progress);
         self
     }

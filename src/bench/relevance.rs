@@ -675,7 +675,10 @@ fn misspell(
             chars.remove(i);
         }
         2 => chars.insert(i, letter),
-        _ => chars.swap(i - 1, i),
+        _ => {
+            let j = i.max(2);
+            chars.swap(j - 1, j);
+        }
     }
     let typo: String = chars.into_iter().collect();
     if typo == *word || vocabulary.contains_key(&typo.to_lowercase()) {

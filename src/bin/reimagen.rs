@@ -992,7 +992,7 @@ fn import(kb: &KnowledgeBase, dir: &Path, json: bool) -> anyhow::Result<ExitCode
 }
 
 /// A progress bar for an index rebuilt while the KB opens; hidden until it is needed.
-fn rebuild_progress() -> std::sync::Arc<dyn Fn(&str, reimagen::Progress) + Send + Sync> {
+fn rebuild_progress() -> reimagen::kb::ProgressFn {
     let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} pairs ({per_sec})")
