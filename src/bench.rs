@@ -6,6 +6,10 @@
 //! subspace, randomly projected to 512-d, plus small noise). Embedding cost is excluded: a table
 //! embedder hands back the precomputed vectors. `export` writes the same data for the peer
 //! script (`training/bench_peers.py`), so peers run on identical input.
+//!
+//! Not here: search quality (`bench/relevance.rs`, `reimagen bench relevance`).
+
+pub mod relevance;
 
 use std::collections::HashMap;
 use std::io::{Cursor, Write};

@@ -22,7 +22,7 @@ use crate::store::records::{
     Change, EmbeddingKind, ImageId, PairRecord, PathRecord, QuarantineRecord,
 };
 use crate::store::writer::{ChangeSink, NewRecord, WriteOp, WriteOutcome, Writer};
-use crate::text::TextIndex;
+use crate::text::{TextIndex, TextLanguage};
 use crate::vector::{HnswParams, VectorCounts, VectorIndex};
 
 const CONFIG_FILE: &str = "kb.toml";
@@ -40,6 +40,10 @@ pub struct KbConfig {
     /// Folder of the generator model, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator_model: Option<PathBuf>,
+    /// The language whose stemmer the BM25 index applies (English by default; `none` for no
+    /// stemming). Changing it rebuilds the text index on next open.
+    #[serde(default)]
+    pub language: TextLanguage,
 }
 
 fn one() -> u32 {
@@ -188,6 +192,18 @@ pub struct Stats {
     pub image_index: VectorCounts,
     /// Text-embedding index counts.
     pub text_vector_index: VectorCounts,
+}
+
+/// One entity of the KB, for [`KnowledgeBase::entities`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EntitySummary {
+    /// Its name.
+    pub name: String,
+    /// How many pairs show it.
+    pub pairs: u64,
+    /// One of them (the first in id order).
+    #[serde(serialize_with = "search::hex_id")]
+    pub example: ImageId,
 }
 
 /// The result of a store ↔ index consistency check.
@@ -352,6 +368,9 @@ impl Sink {
     }
 }
 
+/// A callback following long work, with a word on what is being done.
+pub type ProgressFn = Arc<dyn Fn(&str, Progress) + Send + Sync>;
+
 /// Options for opening a knowledge base. Get one from [`KnowledgeBase::builder`].
 ///
 /// By default: no embedder (BM25 only), [`DecodeLimits::default`], [`CaptionRules::default`],
@@ -365,9 +384,24 @@ pub struct Builder {
     captions: CaptionRules,
     hnsw: HnswParams,
     map_size: usize,
+    language: Option<TextLanguage>,
+    progress: Option<ProgressFn>,
 }
 
 impl Builder {
+    /// Sets the language of the BM25 analyzers: written to `kb.toml` when it differs from the
+    /// one there (the text index is then rebuilt). By default the one in `kb.toml`.
+    pub fn language(mut self, language: TextLanguage) -> Builder {
+        self.language = Some(language);
+        self
+    }
+
+    /// Follows long work done while opening (an index rebuilt), with what is being done.
+    pub fn progress(mut self, progress: ProgressFn) -> Builder {
+        self.progress = Some(progress);
+        self
+    }
+
     /// Sets the LMDB map size the store starts with; it doubles by itself whenever LMDB reports
     /// it full, so this only matters for tuning (by default 64 MiB).
     pub fn initial_map_size(mut self, bytes: usize) -> Builder {
@@ -411,14 +445,26 @@ impl Builder {
         let config_path = dir.join(CONFIG_FILE);
         let config = if config_path.exists() {
             let raw = fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
-            toml::from_str(&raw).map_err(|e| Error::Config {
+            let mut config: KbConfig = toml::from_str(&raw).map_err(|e| Error::Config {
                 path: config_path.clone(),
                 reason: e.to_string(),
-            })?
+            })?;
+            if let Some(language) = self.language
+                && language != config.language
+            {
+                config.language = language;
+                fs::write(
+                    &config_path,
+                    toml::to_string(&config).expect("config serializes"),
+                )
+                .map_err(io_err(&config_path))?;
+            }
+            config
         } else if self.create {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
             let config = KbConfig {
                 format: 1,
+                language: self.language.unwrap_or_default(),
                 ..KbConfig::default()
             };
             fs::write(
@@ -463,7 +509,11 @@ impl Builder {
         let vectors = dir.join("vector-index");
         fs::create_dir_all(&vectors).map_err(io_err(&vectors))?;
         let indices = Arc::new(Indices {
-            text: TextIndex::open(&dir.join("text-index"), &store)?,
+            text: TextIndex::open(&dir.join("text-index"), &store, config.language, &|p| {
+                if let Some(progress) = &self.progress {
+                    progress("rebuilding the text index", p);
+                }
+            })?,
             image: VectorIndex::open(&vectors, EmbeddingKind::Image, self.hnsw, &store)?,
             text_vectors: VectorIndex::open(&vectors, EmbeddingKind::Text, self.hnsw, &store)?,
         });
@@ -518,6 +568,8 @@ impl KnowledgeBase {
             captions: CaptionRules::default(),
             hnsw: HnswParams::default(),
             map_size: crate::store::INITIAL_MAP_SIZE,
+            language: None,
+            progress: None,
         }
     }
 
@@ -779,6 +831,59 @@ impl KnowledgeBase {
                 Ok(pair_of(r, paths))
             })
             .collect()
+    }
+
+    /// Every entity with its pair count and one example pair, most pairs first (then by name).
+    /// Spellings that differ in case or accents only count as one entity, under the spelling
+    /// most of its pairs use.
+    pub fn entities(&self) -> Result<Vec<EntitySummary>> {
+        let rtxn = self.store.read()?;
+        let mut by_key: std::collections::HashMap<String, (EntitySummary, Vec<(String, usize)>)> =
+            std::collections::HashMap::new();
+        for pair in self.store.all_pairs(&rtxn)? {
+            let Some(name) = pair.entity else { continue };
+            let (summary, spellings) =
+                by_key
+                    .entry(crate::text::name_key(&name))
+                    .or_insert_with(|| {
+                        (
+                            EntitySummary {
+                                name: name.clone(),
+                                pairs: 0,
+                                example: pair.id,
+                            },
+                            Vec::new(),
+                        )
+                    });
+            summary.pairs += 1;
+            match spellings.iter_mut().find(|(s, _)| *s == name) {
+                Some((_, n)) => *n += 1,
+                None => spellings.push((name, 1)),
+            }
+        }
+        let mut out: Vec<EntitySummary> = by_key
+            .into_values()
+            .map(|(mut summary, spellings)| {
+                if let Some((name, _)) = spellings.into_iter().max_by_key(|(_, n)| *n) {
+                    summary.name = name;
+                }
+                summary
+            })
+            .collect();
+        out.sort_by(|a, b| b.pairs.cmp(&a.pairs).then_with(|| a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    /// The embeddings stored for a pair (image, text), those it has.
+    pub fn embeddings_of(&self, id: &ImageId) -> Result<Vec<(EmbeddingKind, Vec<f32>)>> {
+        let rtxn = self.store.read()?;
+        let mut out = Vec::new();
+        for kind in [EmbeddingKind::Image, EmbeddingKind::Text] {
+            if let Some(v) = self.store.embedding(&rtxn, id, kind)? {
+                out.push((kind, v));
+            }
+        }
+        Ok(out)
     }
 
     /// Removes a pair; false when there was none.

@@ -37,6 +37,7 @@ pub mod search;
 pub mod store;
 pub mod tensor;
 pub mod text;
+pub mod transfer;
 pub mod vector;
 pub mod watch;
 
@@ -44,12 +45,12 @@ pub use embed::Embedder;
 pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
 pub use ingest::{CaptionRules, DecodeLimits, PairText};
 pub use kb::{
-    AddOutcome, Builder, CheckReport, ImageSource, ImportReport, KbConfig, KnowledgeBase, NewPair,
-    Pair, PathOp, PathOpOutcome, Progress, Stats,
+    AddOutcome, Builder, CheckReport, EntitySummary, ImageSource, ImportReport, KbConfig,
+    KnowledgeBase, NewPair, Pair, PathOp, PathOpOutcome, Progress, Stats,
 };
 pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, SearchMode};
 pub use store::records::{ImageId, PathRecord, QuarantineRecord};
 pub use tensor::{Device, DeviceChoice, Tensor, TensorError};
-pub use text::Filters;
+pub use text::{Filters, TextLanguage};
 pub use vector::HnswParams;
 pub use watch::{WatchError, WatchOptions, WatchStatus, Watcher};

@@ -1,8 +1,19 @@
 //! The BM25 index over caption, entity and tags (tantivy). Derived from the store (invariant 2):
-//! it records the last change-log sequence it applied in its commit payload, replays the gap on
-//! open, and is wiped and rebuilt when it cannot be opened.
+//! it records the last change-log sequence it applied, its analyzer version and language in its
+//! commit payload, replays the gap on open, and is wiped and rebuilt when it cannot be opened or
+//! was analyzed differently.
+//!
+//! A query's words match in three tiers: the same stem (BM25); then, for a word the index does
+//! not hold, words within a small edit distance (typos); and words that start with the last
+//! query word (search as you type). Every pair found by a word of the first tier ranks above
+//! every pair found only by the others.
 //!
 //! Writes happen on the store's writer thread only; searches on any thread.
+//!
+//! Not here: the analysis recipe itself (`analyzer.rs`), vector retrieval (`vector/`), fusion
+//! (`search/`).
+
+pub mod analyzer;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,16 +21,49 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{DocSetCollector, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
-use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
+use tantivy::query::{
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, QueryClone,
+    TermQuery,
+};
+use tantivy::schema::{
+    FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term, doc};
 
+pub use analyzer::{ANALYZER_VERSION, TextLanguage, UnknownLanguage, name_key};
+
 use crate::error::IndexError;
+use crate::kb::Progress;
 use crate::store::Store;
 use crate::store::records::{Change, ImageId, PairRecord};
 
 /// Memory the tantivy writer may buffer before it flushes a segment.
 const WRITER_MEMORY: usize = 64 << 20;
+
+/// Weight of a word found in the entity name against one found in the caption or tags.
+const ENTITY_BOOST: f32 = 1.5;
+/// Weight of a query that is a whole entity name (folded).
+const NAME_BOOST: f32 = 3.0;
+/// Constant score of a word found at edit distance 1 (distance 2 scores half of it): about
+/// the BM25 score of a rare word in a short caption, so that a pair matching one query word
+/// exactly and another with a typo outranks pairs matching the first word alone.
+const TYPO_SCORE: f32 = 3.0;
+/// Constant score of a word the last query word starts (as [`TYPO_SCORE`]).
+const PREFIX_SCORE: f32 = 3.0;
+/// The last query word must have this many characters before it matches as a prefix: shorter
+/// ones would match a large part of the dictionary.
+const PREFIX_MIN_CHARS: usize = 3;
+
+/// The edit distance a word of `chars` characters may be misspelt by: none below 5 letters,
+/// 1 from 5, 2 from 9 (as search engines people know do). A transposition counts as one.
+pub fn typo_distance(chars: usize) -> u8 {
+    match chars {
+        0..5 => 0,
+        5..9 => 1,
+        _ => 2,
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -27,23 +71,42 @@ struct Fields {
     doc: Field,
     caption: Field,
     entity: Field,
-    entity_exact: Field,
+    entity_key: Field,
     tags: Field,
-    tag_exact: Field,
+    tag_key: Field,
+    /// Caption, entity and tags as written (folded, not stemmed): typos and prefixes are of
+    /// what people type, not of stems.
+    plain: Field,
 }
 
 fn schema() -> (Schema, Fields) {
+    let words = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(analyzer::WORDS)
+            .set_index_option(IndexRecordOption::WithFreqs),
+    );
+    let plain = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(analyzer::PLAIN)
+            .set_index_option(IndexRecordOption::Basic),
+    );
+    let names = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(analyzer::NAME)
+            .set_index_option(IndexRecordOption::Basic),
+    );
     let mut b = Schema::builder();
     let fields = Fields {
         id: b.add_text_field("id", STRING | STORED),
         // The pair's doc number as a fast field: a hit maps to its pair without touching the
         // compressed document store.
         doc: b.add_u64_field("doc", FAST),
-        caption: b.add_text_field("caption", TEXT),
-        entity: b.add_text_field("entity", TEXT),
-        entity_exact: b.add_text_field("entity_exact", STRING),
-        tags: b.add_text_field("tags", TEXT),
-        tag_exact: b.add_text_field("tag_exact", STRING),
+        caption: b.add_text_field("caption", words.clone()),
+        entity: b.add_text_field("entity", words.clone()),
+        entity_key: b.add_text_field("entity_key", names.clone()),
+        tags: b.add_text_field("tags", words),
+        tag_key: b.add_text_field("tag_key", names),
+        plain: b.add_text_field("plain", plain),
     };
     (b.build(), fields)
 }
@@ -51,9 +114,19 @@ fn schema() -> (Schema, Fields) {
 #[derive(Serialize, Deserialize)]
 struct Payload {
     seq: u64,
+    /// Absent in indices from before analyzers were versioned (version 1).
+    #[serde(default = "legacy_version")]
+    analyzer: u32,
+    #[serde(default)]
+    language: Option<TextLanguage>,
 }
 
-/// Filters shared by every retriever: exact entity and tags (case-insensitive).
+fn legacy_version() -> u32 {
+    1
+}
+
+/// Filters shared by every retriever: exact entity and tags, compared folded (case and accents
+/// aside, see [`name_key`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filters {
     /// Only pairs of this entity.
@@ -70,9 +143,9 @@ impl Filters {
 
     /// Whether a pair passes.
     pub fn accepts(&self, pair: &PairRecord) -> bool {
-        // The same folding as the index's exact fields (Unicode lowercase), so that every
-        // retriever agrees on "Ölberg" and "ölberg".
-        let same = |a: &str, b: &str| a == b || a.to_lowercase() == b.to_lowercase();
+        // The same folding as the index's key fields, so that every retriever agrees on
+        // "Ölberg", "ölberg" and "OLBERG".
+        let same = |a: &str, b: &str| a == b || name_key(a) == name_key(b);
         let entity_ok = self
             .entity
             .as_ref()
@@ -85,57 +158,97 @@ impl Filters {
     }
 }
 
+/// Why an existing index is not used as it is.
+enum Unusable {
+    /// Analyzed by another recipe or for another language: rebuilt, which is expected.
+    Stale(String),
+    /// Missing, damaged or foreign.
+    Broken(String),
+}
+
 /// The BM25 index.
 pub struct TextIndex {
     path: PathBuf,
     index: Index,
     fields: Fields,
+    language: TextLanguage,
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
 }
 
 impl TextIndex {
-    /// Opens the index in `dir` and brings it up to the store; a damaged or foreign index is
-    /// wiped and rebuilt.
-    pub fn open(dir: &Path, store: &Store) -> Result<TextIndex, crate::Error> {
-        match Self::open_existing(dir, store) {
+    /// Opens the index in `dir` and brings it up to the store. An index of an older analyzer
+    /// version or another language is rebuilt (`progress` follows the rebuild); a damaged or
+    /// foreign one is wiped and rebuilt.
+    pub fn open(
+        dir: &Path,
+        store: &Store,
+        language: TextLanguage,
+        progress: &dyn Fn(Progress),
+    ) -> Result<TextIndex, crate::Error> {
+        match Self::open_existing(dir, store, language) {
             Ok(index) => Ok(index),
             Err(reason) => {
-                if dir.exists() {
-                    tracing::warn!(
-                        "text index {} is unusable ({reason}); rebuilding it",
+                match reason {
+                    Unusable::Stale(why) => {
+                        tracing::warn!("rebuilding the text index {} ({why})", dir.display());
+                    }
+                    Unusable::Broken(why) if dir.exists() => tracing::warn!(
+                        "text index {} is unusable ({why}); rebuilding it",
                         dir.display()
-                    );
+                    ),
+                    Unusable::Broken(_) => {}
                 }
                 let _ = std::fs::remove_dir_all(dir);
-                let index = Self::create(dir)?;
-                index.rebuild(store)?;
+                let index = Self::create(dir, language)?;
+                index.rebuild_with_progress(store, progress)?;
                 Ok(index)
             }
         }
     }
 
-    fn open_existing(dir: &Path, store: &Store) -> Result<TextIndex, String> {
+    fn open_existing(
+        dir: &Path,
+        store: &Store,
+        language: TextLanguage,
+    ) -> Result<TextIndex, Unusable> {
+        let broken = |e: &dyn std::fmt::Display| Unusable::Broken(e.to_string());
         if !dir.join("meta.json").exists() {
-            return Err("no index".into());
+            return Err(Unusable::Broken("no index".into()));
         }
-        let index = Index::open_in_dir(dir).map_err(|e| e.to_string())?;
+        let index = Index::open_in_dir(dir).map_err(|e| broken(&e))?;
+        // The payload first: an index from an older build also has an older schema, and the
+        // reason to give is the analyzer.
+        let payload = Self::payload_of(&index).map_err(|e| broken(&e))?;
+        if payload.analyzer != ANALYZER_VERSION {
+            return Err(Unusable::Stale(format!(
+                "analyzer version {} → {ANALYZER_VERSION}",
+                payload.analyzer
+            )));
+        }
+        if payload.language != Some(language) {
+            return Err(Unusable::Stale(format!(
+                "language {} → {language}",
+                payload.language.map_or("unknown", TextLanguage::name)
+            )));
+        }
         let (expected, _) = schema();
         if index.schema() != expected {
-            return Err("schema differs from this build's".into());
+            return Err(Unusable::Broken("schema differs from this build's".into()));
         }
-        let text = Self::with_index(dir, index).map_err(|e| e.to_string())?;
-        let applied = text.applied_seq().map_err(|e| e.to_string())?;
-        let rtxn = store.read().map_err(|e| e.to_string())?;
-        if applied > store.last_seq(&rtxn).map_err(|e| e.to_string())? {
-            return Err("index is ahead of the store (restored backup?)".into());
+        let text = Self::with_index(dir, index, language).map_err(|e| broken(&e))?;
+        let rtxn = store.read().map_err(|e| broken(&e))?;
+        if payload.seq > store.last_seq(&rtxn).map_err(|e| broken(&e))? {
+            return Err(Unusable::Broken(
+                "index is ahead of the store (restored backup?)".into(),
+            ));
         }
         drop(rtxn);
-        text.catch_up(store).map_err(|e| e.to_string())?;
+        text.catch_up(store).map_err(|e| broken(&e))?;
         Ok(text)
     }
 
-    fn create(dir: &Path) -> Result<TextIndex, IndexError> {
+    fn create(dir: &Path, language: TextLanguage) -> Result<TextIndex, IndexError> {
         std::fs::create_dir_all(dir).map_err(|e| IndexError::Text {
             path: dir.into(),
             source: e.into(),
@@ -145,14 +258,27 @@ impl TextIndex {
             path: dir.into(),
             source,
         })?;
-        Self::with_index(dir, index)
+        Self::with_index(dir, index, language)
     }
 
-    fn with_index(dir: &Path, index: Index) -> Result<TextIndex, IndexError> {
+    fn with_index(
+        dir: &Path,
+        index: Index,
+        language: TextLanguage,
+    ) -> Result<TextIndex, IndexError> {
         let err = |source| IndexError::Text {
             path: dir.into(),
             source,
         };
+        index
+            .tokenizers()
+            .register(analyzer::WORDS, analyzer::words(language));
+        index
+            .tokenizers()
+            .register(analyzer::NAME, analyzer::name());
+        index
+            .tokenizers()
+            .register(analyzer::PLAIN, analyzer::words(TextLanguage::None));
         let (_, fields) = schema();
         let writer = index
             .writer_with_num_threads(1, WRITER_MEMORY)
@@ -166,6 +292,7 @@ impl TextIndex {
             path: dir.into(),
             index,
             fields,
+            language,
             reader,
             writer: Mutex::new(writer),
         })
@@ -178,13 +305,26 @@ impl TextIndex {
         }
     }
 
-    /// The last change-log sequence this index applied.
-    pub fn applied_seq(&self) -> Result<u64, IndexError> {
-        let metas = self.index.load_metas().map_err(|e| self.err(e))?;
+    fn payload_of(index: &Index) -> Result<Payload, tantivy::TantivyError> {
+        let metas = index.load_metas()?;
         Ok(metas
             .payload
             .and_then(|p| serde_json::from_str::<Payload>(&p).ok())
-            .map_or(0, |p| p.seq))
+            .unwrap_or(Payload {
+                seq: 0,
+                analyzer: ANALYZER_VERSION,
+                language: None,
+            }))
+    }
+
+    /// The language this index stems for.
+    pub fn language(&self) -> TextLanguage {
+        self.language
+    }
+
+    /// The last change-log sequence this index applied.
+    pub fn applied_seq(&self) -> Result<u64, IndexError> {
+        Ok(Self::payload_of(&self.index).map_err(|e| self.err(e))?.seq)
     }
 
     /// Replays the change log from the last applied sequence.
@@ -226,7 +366,12 @@ impl TextIndex {
 
     fn commit(&self, writer: &mut IndexWriter, seq: u64) -> Result<(), crate::Error> {
         let mut prepared = writer.prepare_commit().map_err(|e| self.err(e))?;
-        prepared.set_payload(&serde_json::to_string(&Payload { seq }).expect("payload serializes"));
+        let payload = Payload {
+            seq,
+            analyzer: ANALYZER_VERSION,
+            language: Some(self.language),
+        };
+        prepared.set_payload(&serde_json::to_string(&payload).expect("payload serializes"));
         prepared.commit().map_err(|e| self.err(e))?;
         self.reader.reload().map_err(|e| self.err(e))?;
         Ok(())
@@ -234,57 +379,201 @@ impl TextIndex {
 
     fn document(&self, pair: &PairRecord) -> TantivyDocument {
         let f = self.fields;
-        let mut d =
-            doc!(f.id => pair.id.to_hex(), f.doc => pair.doc, f.caption => pair.caption.as_str());
+        let mut d = doc!(
+            f.id => pair.id.to_hex(),
+            f.doc => pair.doc,
+            f.caption => pair.caption.as_str(),
+            f.plain => pair.caption.as_str()
+        );
         if let Some(entity) = &pair.entity {
             d.add_text(f.entity, entity);
-            d.add_text(f.entity_exact, entity.to_lowercase());
+            d.add_text(f.entity_key, name_key(entity));
+            d.add_text(f.plain, entity);
         }
         for tag in &pair.tags {
             d.add_text(f.tags, tag);
-            d.add_text(f.tag_exact, tag.to_lowercase());
+            d.add_text(f.tag_key, name_key(tag));
+            d.add_text(f.plain, tag);
         }
         d
     }
 
     /// Drops every document and indexes every pair of the store again.
     pub fn rebuild(&self, store: &Store) -> Result<usize, crate::Error> {
+        self.rebuild_with_progress(store, &|_| {})
+    }
+
+    /// [`TextIndex::rebuild`], calling `progress` every few thousand pairs.
+    pub fn rebuild_with_progress(
+        &self,
+        store: &Store,
+        progress: &dyn Fn(Progress),
+    ) -> Result<usize, crate::Error> {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         writer.delete_all_documents().map_err(|e| self.err(e))?;
         let rtxn = store.read()?;
         let seq = store.last_seq(&rtxn)?;
         let pairs = store.all_pairs(&rtxn)?;
         drop(rtxn);
-        for pair in &pairs {
+        let total = pairs.len() as u64;
+        progress(Progress { done: 0, total });
+        for (i, pair) in pairs.iter().enumerate() {
             writer
                 .add_document(self.document(pair))
                 .map_err(|e| self.err(e))?;
+            if (i + 1) % 4096 == 0 {
+                progress(Progress {
+                    done: i as u64 + 1,
+                    total,
+                });
+            }
         }
         self.commit(&mut writer, seq)?;
+        progress(Progress { done: total, total });
         Ok(pairs.len())
     }
 
-    /// BM25 search over caption, entity and tags; returns doc numbers (see
-    /// [`PairRecord::doc`]) and scores, best first. Query syntax errors are forgiven (lenient
-    /// parsing): a user's caption words are not a query language.
+    /// BM25 search over caption, entity and tags, with typo tolerance and prefix matching of
+    /// the last word (see the module header); returns doc numbers (see [`PairRecord::doc`]) and
+    /// scores, best first. Nothing in the text is syntax: a user's words are not a query
+    /// language.
     pub fn search(
         &self,
         text: &str,
         filters: &Filters,
         limit: usize,
     ) -> Result<Vec<(u64, f32)>, IndexError> {
-        let f = self.fields;
-        let mut parser = QueryParser::for_index(&self.index, vec![f.caption, f.entity, f.tags]);
-        parser.set_field_boost(f.entity, 1.5);
-        let (parsed, _errors) = parser.parse_query_lenient(text);
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, parsed)];
+        let searcher = self.reader.searcher();
+        let Some(matching) = self.text_query(&searcher, text)? else {
+            return Ok(Vec::new());
+        };
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, matching)];
         clauses.extend(self.filter_clauses(filters));
         let query = BooleanQuery::new(clauses);
-        let searcher = self.reader.searcher();
         let top = searcher
             .search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())
             .map_err(|e| self.err(e))?;
         self.doc_numbers(&searcher, top)
+    }
+
+    /// The query the words of `text` make (see the module header); `None` when `text` holds no
+    /// word.
+    fn text_query(
+        &self,
+        searcher: &tantivy::Searcher,
+        text: &str,
+    ) -> Result<Option<Box<dyn Query>>, IndexError> {
+        let f = self.fields;
+        let searched = [(f.caption, 1.0), (f.entity, ENTITY_BOOST), (f.tags, 1.0)];
+        let stems = analyzer::terms(&mut self.analyzer(analyzer::WORDS)?, text);
+        // The same words unstemmed: the stemmer maps each word to one term, so they pair up.
+        let plain = analyzer::terms(&mut self.analyzer(analyzer::PLAIN)?, text);
+        if stems.is_empty() {
+            return Ok(None);
+        }
+        let mut exact: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let mut loose: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        // The largest score the loose clauses can add up to: pairs found by an exact word get at
+        // least this much more, so that they rank first.
+        let mut loose_max = 0.0f32;
+        for (stem, word) in stems.iter().zip(&plain) {
+            let mut known = false;
+            for (field, boost) in searched {
+                let term = Term::from_field_text(field, stem);
+                known |= searcher.doc_freq(&term).map_err(|e| self.err(e))? > 0;
+                exact.push((
+                    Occur::Should,
+                    boosted(TermQuery::new(term, IndexRecordOption::WithFreqs), boost),
+                ));
+            }
+            // A word the index does not hold is likely misspelt: look for near words, as
+            // written (a typo's stem can be far from the word's).
+            let distance = typo_distance(word.chars().count());
+            if !known && distance > 0 {
+                let score = TYPO_SCORE / f32::from(distance);
+                let term = Term::from_field_text(f.plain, word);
+                loose.push((
+                    Occur::Should,
+                    constant(FuzzyTermQuery::new(term, distance, true), score),
+                ));
+                loose_max += score;
+            }
+        }
+        // The whole text as an entity name, folded.
+        let key = name_key(text);
+        if !key.is_empty() {
+            exact.push((
+                Occur::Should,
+                boosted(
+                    TermQuery::new(
+                        Term::from_field_text(f.entity_key, &key),
+                        IndexRecordOption::Basic,
+                    ),
+                    NAME_BOOST,
+                ),
+            ));
+        }
+        // The last word as a prefix of words as written, unless the text ends in a separator
+        // (the word is complete).
+        let complete = text.chars().last().is_none_or(|c| !c.is_alphanumeric());
+        if !complete
+            && let Some(last) = plain.last()
+            && last.chars().count() >= PREFIX_MIN_CHARS
+            && self.starts_some_word(searcher, last)?
+        {
+            let term = Term::from_field_text(f.plain, last);
+            loose.push((
+                Occur::Should,
+                constant(FuzzyTermQuery::new_prefix(term, 0, false), PREFIX_SCORE),
+            ));
+            loose_max += PREFIX_SCORE;
+        }
+        let exact = BooleanQuery::new(exact);
+        if loose.is_empty() {
+            return Ok(Some(Box::new(exact)));
+        }
+        let tier: Box<dyn Query> = Box::new(BoostQuery::new(
+            Box::new(ConstScoreQuery::new(exact.box_clone(), 1.0)),
+            loose_max + 1.0,
+        ));
+        Ok(Some(Box::new(BooleanQuery::new(vec![
+            (Occur::Should, Box::new(exact)),
+            (Occur::Should, Box::new(BooleanQuery::new(loose))),
+            (Occur::Should, tier),
+        ]))))
+    }
+
+    /// Whether some indexed word (as written) starts with `prefix`: one dictionary seek per
+    /// segment, which spares the common query whose last word starts nothing the prefix tier
+    /// and its second pass over the exact words.
+    fn starts_some_word(
+        &self,
+        searcher: &tantivy::Searcher,
+        prefix: &str,
+    ) -> Result<bool, IndexError> {
+        for segment in searcher.segment_readers() {
+            let index = segment
+                .inverted_index(self.fields.plain)
+                .map_err(|e| self.err(e))?;
+            let mut stream = index
+                .terms()
+                .range()
+                .ge(prefix.as_bytes())
+                .into_stream()
+                .map_err(|e| self.err(e.into()))?;
+            if stream.advance() && stream.key().starts_with(prefix.as_bytes()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn analyzer(&self, name: &str) -> Result<TextAnalyzer, IndexError> {
+        self.index.tokenizers().get(name).ok_or_else(|| {
+            self.err(tantivy::TantivyError::InternalError(format!(
+                "analyzer {name} is not registered"
+            )))
+        })
     }
 
     /// Doc numbers of every pair that passes `filters`, in no particular order; an empty filter
@@ -305,17 +594,17 @@ impl TextIndex {
             .collect())
     }
 
-    /// One `Must` clause per filter (exact entity, each exact tag).
+    /// One `Must` clause per filter (entity, each tag; folded whole names).
     fn filter_clauses(&self, filters: &Filters) -> Vec<(Occur, Box<dyn Query>)> {
         let f = self.fields;
         let entity = filters
             .entity
             .iter()
-            .map(|e| Term::from_field_text(f.entity_exact, &e.to_lowercase()));
+            .map(|e| Term::from_field_text(f.entity_key, &name_key(e)));
         let tags = filters
             .tags
             .iter()
-            .map(|t| Term::from_field_text(f.tag_exact, &t.to_lowercase()));
+            .map(|t| Term::from_field_text(f.tag_key, &name_key(t)));
         entity
             .chain(tags)
             .map(|term| {
@@ -385,4 +674,17 @@ impl TextIndex {
         out.sort();
         Ok(out)
     }
+}
+
+fn boosted(query: impl Query, boost: f32) -> Box<dyn Query> {
+    if boost == 1.0 {
+        Box::new(query)
+    } else {
+        Box::new(BoostQuery::new(Box::new(query), boost))
+    }
+}
+
+/// `query` scoring `score` for every pair it finds (fuzzy and prefix matches have no BM25).
+fn constant(query: impl Query, score: f32) -> Box<dyn Query> {
+    Box::new(ConstScoreQuery::new(Box::new(query), score))
 }
