@@ -250,6 +250,93 @@ on_both_backends!(attention_online_softmax, |dev| {
     attention_case(dev, [4, 1, 1, 3, 5], 0, false, 75);
 });
 
+/// Multi-head attention on `[B, L, H·D]`, heads read in place. `sharpen` multiplies the scale,
+/// so that the scores span tens of units and the online softmax's running maximum changes and
+/// dominates (a flat softmax would hide a wrong rescaling).
+#[allow(clippy::too_many_arguments)]
+fn multi_head_case(
+    dev: &Device,
+    [batch, lq, lk, heads, d, dv]: [usize; 6],
+    padded: &[usize],
+    causal: bool,
+    sharpen: f32,
+    seed: u64,
+) {
+    let (q, qv) = tensor(&[batch, lq, heads * d], seed, dev);
+    let (k, kv) = tensor(&[batch, lk, heads * d], seed + 1, dev);
+    let (v, vv) = tensor(&[batch, lk, heads * dv], seed + 2, dev);
+    // padded[b] keys at the end of batch b are padding.
+    let keep = (!padded.is_empty()).then(|| {
+        let m: Vec<f32> = (0..batch * lk)
+            .map(|x| {
+                if x % lk < lk - padded[x / lk] {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        (
+            Tensor::from_vec(m.clone(), &[batch, lk], dev).unwrap(),
+            m.into_iter().map(f64::from).collect::<Vec<_>>(),
+        )
+    });
+    let scale = sharpen / (d as f32).sqrt();
+    let out = q
+        .multi_head_attention(&k, &v, heads, keep.as_ref().map(|m| &m.0), causal, scale)
+        .unwrap();
+    assert_eq!(out.shape(), &[batch, lq, heads * dv]);
+    let want = multi_head_attention_ref(
+        &qv,
+        &kv,
+        &vv,
+        keep.as_ref().map(|m| &m.1[..]),
+        [batch, lq, lk, heads, d, dv],
+        scale as f64,
+        causal,
+    );
+    assert_normwise(
+        &format!(
+            "multi-head attention {batch}×{lq}×{lk} heads {heads}×{d}/{dv} padded {padded:?} \
+             causal={causal} sharpen {sharpen}"
+        ),
+        &got(&out),
+        &want,
+        GEMM_TOL,
+    );
+}
+
+on_both_backends!(multi_head_attention_splits_heads_in_place, |dev| {
+    multi_head_case(dev, [2, 77, 77, 8, 8, 8], &[0, 70], true, 1.0, 300);
+    multi_head_case(dev, [3, 19, 33, 3, 12, 5], &[], false, 8.0, 301);
+    multi_head_case(dev, [2, 65, 17, 2, 16, 16], &[16, 3], false, 8.0, 302);
+    multi_head_case(dev, [1, 50, 50, 5, 4, 4], &[7], true, 8.0, 303);
+    // Every key of the second batch hidden: its queries average v uniformly.
+    multi_head_case(dev, [2, 5, 6, 2, 8, 8], &[1, 6], false, 4.0, 304);
+    multi_head_case(dev, [1, 3, 2, 1, 128, 128], &[], false, 8.0, 305);
+    // One head is the plain op.
+    let (q, _) = tensor(&[2, 9, 24], 306, dev);
+    let (k, _) = tensor(&[2, 11, 24], 307, dev);
+    let one = q.multi_head_attention(&k, &k, 1, None, false, 0.5).unwrap();
+    let plain = q.attention(&k, &k, None, false, 0.5).unwrap();
+    assert_normwise("one head", &got(&one), &got(&plain), 1e-6);
+    // Shapes that do not split are refused, naming the op.
+    let e = q
+        .multi_head_attention(&k, &k, 5, None, false, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("multi_head_attention") && e.contains("5 heads"),
+        "{e}"
+    );
+    let bad_mask = Tensor::zeros(&[2, 9], dev).unwrap();
+    let e = q
+        .multi_head_attention(&k, &k, 2, Some(&bad_mask), false, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[2, 11]"), "{e}");
+});
+
 on_both_backends!(activations, |dev| {
     let (x, xv) = tensor(&[1027], 80, dev);
     let x = x.scale(4.0).unwrap();

@@ -15,6 +15,9 @@
 //! # Ok::<(), reimagen::tensor::TensorError>(())
 //! ```
 //!
+//! Models are written with the layer kit of [`nn`] over a [`Weights`] view of their checkpoint;
+//! see there.
+//!
 //! Not here: model code, tokenisers, anything about the knowledge base.
 
 pub mod bench;
@@ -22,6 +25,7 @@ mod cpu;
 mod device;
 pub mod doctor;
 mod error;
+pub mod nn;
 mod ops;
 #[allow(clippy::module_inception)]
 mod tensor;

@@ -90,18 +90,46 @@ pub(crate) struct GroupNormPlan {
     pub silu: bool,
 }
 
-/// Attention over `batch` independent (q, k, v) triples.
+/// What the optional mask of an attention holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttentionMask {
+    None,
+    /// Added to the scores: `[batches, Lq, Lk]`, `batches` 1 (shared) or `batch`.
+    Additive {
+        batches: usize,
+    },
+    /// Key padding, `[batch, Lk]`, shared by every head and query: 0 hides a key, anything
+    /// else keeps it (transformers' `attention_mask`).
+    KeepKeys,
+}
+
+/// Attention over `batch` × `heads` independent (q, k, v) triples, the heads side by side in
+/// the last axis: q `[batch, lq, heads·d]`, k `[batch, lk, heads·d]`, v `[batch, lk, heads·dv]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AttentionPlan {
     pub batch: usize,
+    pub heads: usize,
     pub lq: usize,
     pub lk: usize,
     pub d: usize,
     pub dv: usize,
     pub scale: f32,
     pub causal: bool,
-    /// 0: no mask; 1: one mask for every batch; `batch`: one each.
-    pub mask_batches: usize,
+    pub mask: AttentionMask,
+}
+
+impl AttentionPlan {
+    /// The mask's strides over (batch, query): its element for (b, i, j) is at
+    /// `b · batch_stride + i · row_stride + j`.
+    pub(crate) fn mask_strides(&self) -> (usize, usize) {
+        match self.mask {
+            AttentionMask::None => (0, 0),
+            AttentionMask::Additive { batches } => {
+                (if batches > 1 { self.lq * self.lk } else { 0 }, self.lk)
+            }
+            AttentionMask::KeepKeys => (self.lk, 0),
+        }
+    }
 }
 
 /// The element-wise functions of one input.
@@ -550,9 +578,46 @@ impl Tensor {
         }
     }
 
+    fn run_attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        plan: &AttentionPlan,
+    ) -> Result<Tensor> {
+        let op = "attention";
+        let shape = vec![plan.batch, plan.lq, plan.heads * plan.dv];
+        let mut operands = vec![self, k, v];
+        operands.extend(mask);
+        match on(op, &operands)? {
+            On::Cpu => Ok(Tensor::from_cpu(
+                cpu::attention::attention(
+                    self.cpu_data(),
+                    k.cpu_data(),
+                    v.cpu_data(),
+                    mask.map(|m| m.cpu_data()),
+                    plan,
+                ),
+                shape,
+            )),
+            On::Gpu(dev) => {
+                let out = gpu::attention::attention(
+                    dev,
+                    self.gpu_buffer(),
+                    k.gpu_buffer(),
+                    v.gpu_buffer(),
+                    mask.map(|m| m.gpu_buffer()),
+                    plan,
+                )?;
+                Ok(Tensor::from_gpu(dev, out, shape))
+            }
+        }
+    }
+
     /// Scaled dot-product attention, `softmax(q·kᵀ·scale + mask) · v`, with `self` as the
-    /// queries `[B, Lq, D]`, `k` `[B, Lk, D]` and `v` `[B, Lk, Dv]` (fold heads into `B`).
-    /// `mask` is additive, `[1, Lq, Lk]` or `[B, Lq, Lk]`; `causal` hides keys after the query.
+    /// queries `[B, Lq, D]`, `k` `[B, Lk, D]` and `v` `[B, Lk, Dv]` (heads folded into `B`; see
+    /// [`Tensor::multi_head_attention`] for heads side by side). `mask` is additive,
+    /// `[1, Lq, Lk]` or `[B, Lq, Lk]`; `causal` hides keys after the query.
     /// Runs with an online softmax: the `Lq × Lk` score matrix is never stored.
     ///
     /// ```
@@ -597,14 +662,16 @@ impl Tensor {
                 ),
             ));
         }
-        let mask_batches = match mask {
-            None => 0,
+        let mask_kind = match mask {
+            None => AttentionMask::None,
             Some(m)
                 if m.rank() == 3
                     && m.shape[1..] == [lq, lk]
                     && (m.shape[0] == 1 || m.shape[0] == batch) =>
             {
-                m.shape[0]
+                AttentionMask::Additive {
+                    batches: m.shape[0],
+                }
             }
             Some(m) => {
                 return Err(TensorError::shape(
@@ -615,40 +682,99 @@ impl Tensor {
         };
         let plan = AttentionPlan {
             batch,
+            heads: 1,
             lq,
             lk,
             d,
             dv,
             scale,
             causal,
-            mask_batches,
+            mask: mask_kind,
         };
-        let shape = vec![batch, lq, dv];
-        let mut operands = vec![self, k, v];
-        operands.extend(mask);
-        match on(op, &operands)? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::attention::attention(
-                    self.cpu_data(),
-                    k.cpu_data(),
-                    v.cpu_data(),
-                    mask.map(|m| m.cpu_data()),
-                    &plan,
+        self.run_attention(k, v, mask, &plan)
+    }
+
+    /// Multi-head attention with the heads side by side in the last axis, as a model's
+    /// projections produce them: `self` (the queries) `[B, Lq, H·D]`, `k` `[B, Lk, H·D]`,
+    /// `v` `[B, Lk, H·Dv]` → `[B, Lq, H·Dv]`, each head `softmax(q·kᵀ·scale) · v`. The kernels
+    /// read each head in place (no permute copies).
+    ///
+    /// `key_mask` `[B, Lk]` hides padding keys from every head and query: 0 hides a key, any
+    /// other value keeps it (transformers' `attention_mask`). `causal` hides keys after the
+    /// query (CLIP's text tower). A query that sees no key at all averages `v` uniformly.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// // CLIP's text tower: 8 heads of 64, 77 tokens, the last 70 of the second text padding.
+    /// let x = Tensor::zeros(&[2, 77, 512], &Device::Cpu)?;
+    /// let mut keep = vec![1.0; 2 * 77];
+    /// keep[77 + 7..].fill(0.0);
+    /// let keep = Tensor::from_vec(keep, &[2, 77], &Device::Cpu)?;
+    /// let out = x.multi_head_attention(&x, &x, 8, Some(&keep), true, 1.0 / 8.0)?;
+    /// assert_eq!(out.shape(), &[2, 77, 512]);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the shapes do not fit or `heads` does not divide the last axes; on the GPU
+    /// backend, when a head is larger than 128.
+    pub fn multi_head_attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        key_mask: Option<&Tensor>,
+        causal: bool,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let op = "multi_head_attention";
+        let fits = self.rank() == 3
+            && k.rank() == 3
+            && v.rank() == 3
+            && heads > 0
+            && k.shape[0] == self.shape[0]
+            && v.shape[0] == self.shape[0]
+            && k.shape[2] == self.shape[2]
+            && v.shape[1] == k.shape[1]
+            && k.shape[1] > 0
+            && self.shape[2].is_multiple_of(heads)
+            && v.shape[2].is_multiple_of(heads);
+        if !fits {
+            return Err(TensorError::shape(
+                op,
+                format!(
+                    "q {:?}, k {:?} and v {:?} are not [B, Lq, H·D], [B, Lk, H·D], [B, Lk, H·Dv] \
+                     with H = {heads} heads and Lk > 0",
+                    self.shape, k.shape, v.shape
                 ),
-                shape,
-            )),
-            On::Gpu(dev) => {
-                let out = gpu::attention::attention(
-                    dev,
-                    self.gpu_buffer(),
-                    k.gpu_buffer(),
-                    v.gpu_buffer(),
-                    mask.map(|m| m.gpu_buffer()),
-                    &plan,
-                )?;
-                Ok(Tensor::from_gpu(dev, out, shape))
-            }
+            ));
         }
+        let [batch, lq, width] = [self.shape[0], self.shape[1], self.shape[2]];
+        let lk = k.shape[1];
+        if let Some(m) = key_mask
+            && m.shape != [batch, lk]
+        {
+            return Err(TensorError::shape(
+                op,
+                format!("key mask must be [{batch}, {lk}], got {:?}", m.shape),
+            ));
+        }
+        let plan = AttentionPlan {
+            batch,
+            heads,
+            lq,
+            lk,
+            d: width / heads,
+            dv: v.shape[2] / heads,
+            scale,
+            causal,
+            mask: if key_mask.is_some() {
+                AttentionMask::KeepKeys
+            } else {
+                AttentionMask::None
+            },
+        };
+        self.run_attention(k, v, key_mask, &plan)
     }
 
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {

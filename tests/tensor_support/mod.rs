@@ -402,3 +402,88 @@ pub fn timestep_ref(t: &[f64], dim: usize, max_period: f64) -> Vec<f64> {
     }
     out
 }
+
+/// Multi-head attention with the heads side by side: q `[B, Lq, H·D]`, k `[B, Lk, H·D]`,
+/// v `[B, Lk, H·Dv]`; `keep` `[B, Lk]` (0 hides a key). A query that sees no key averages v
+/// uniformly over all keys, as the kernels define it.
+#[allow(clippy::too_many_arguments)]
+pub fn multi_head_attention_ref(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    keep: Option<&[f64]>,
+    [batch, lq, lk, heads, d, dv]: [usize; 6],
+    scale: f64,
+    causal: bool,
+) -> Vec<f64> {
+    let mut out = vec![0.0; batch * lq * heads * dv];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..lq {
+                let visible =
+                    |j: usize| !(causal && j > i) && keep.is_none_or(|m| m[b * lk + j] != 0.0);
+                let scores: Vec<Option<f64>> = (0..lk)
+                    .map(|j| {
+                        visible(j).then(|| {
+                            (0..d)
+                                .map(|c| {
+                                    q[(b * lq + i) * heads * d + h * d + c]
+                                        * k[(b * lk + j) * heads * d + h * d + c]
+                                })
+                                .sum::<f64>()
+                                * scale
+                        })
+                    })
+                    .collect();
+                let weights: Vec<f64> = if scores.iter().all(Option::is_none) {
+                    vec![1.0; lk]
+                } else {
+                    let mx = scores
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    scores
+                        .iter()
+                        .map(|s| s.map_or(0.0, |s| (s - mx).exp()))
+                        .collect()
+                };
+                let sum: f64 = weights.iter().sum();
+                for c in 0..dv {
+                    out[(b * lq + i) * heads * dv + h * dv + c] = (0..lk)
+                        .map(|j| weights[j] * v[(b * lk + j) * heads * dv + h * dv + c])
+                        .sum::<f64>()
+                        / sum;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes a safetensors file of `(name, dtype, shape, little-endian bytes)`.
+pub fn write_safetensors(
+    path: &std::path::Path,
+    tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)],
+) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+        .collect()
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|&x| x.to_le_bytes()).collect()
+}
