@@ -666,3 +666,198 @@ on_both_backends!(random_shape_sweep, |dev| {
         );
     }
 });
+
+#[test]
+fn philox_reference_matches_the_known_answers() {
+    // Random123's known-answer vectors for philox4x32-10.
+    assert_eq!(
+        philox_ref([0; 4], [0; 2]),
+        [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
+    );
+    assert_eq!(
+        philox_ref([u32::MAX; 4], [u32::MAX; 2]),
+        [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
+    );
+    assert_eq!(
+        philox_ref(
+            [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+            [0xa409_3822, 0x299f_31d0]
+        ),
+        [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
+    );
+}
+
+/// Seeded noise against the f64 reference of the documented algorithm: |Δ| ≤ 1e-4 + 1e-4·|z|
+/// (f32 ln/cos/sin; WGSL allows cos/sin an absolute error of 2⁻¹¹ on [−π, π], which no adapter
+/// we test reaches).
+const NOISE_TOL: f64 = 1e-4;
+
+on_both_backends!(randn_follows_the_documented_algorithm, |dev| {
+    for (len, seed) in [
+        (1, 0u64),
+        (7, 1),
+        (1027, 42),
+        (4096, u64::MAX),
+        (65_539, 7 << 40),
+    ] {
+        let z = Tensor::randn(&[len], seed, dev).unwrap();
+        assert_elementwise(
+            &format!("randn {len} seed {seed}"),
+            &got(&z),
+            &normal_ref(len, seed),
+            NOISE_TOL,
+            NOISE_TOL,
+        );
+    }
+    // The shape does not change the stream; the seed does.
+    let a = got(&Tensor::randn(&[3, 5, 7], 9, dev).unwrap());
+    assert_eq!(a, got(&Tensor::randn(&[105], 9, dev).unwrap()));
+    let b = got(&Tensor::randn(&[105], 10, dev).unwrap());
+    assert!(a.iter().zip(&b).filter(|(x, y)| x == y).count() < 3);
+    // And it is standard normal.
+    let n = 200_000;
+    let z = got(&Tensor::randn(&[n], 1234, dev).unwrap());
+    let mean = z.iter().sum::<f64>() / n as f64;
+    let var = z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+    assert!(
+        mean.abs() < 0.01 && (var - 1.0).abs() < 0.01,
+        "mean {mean}, variance {var}"
+    );
+});
+
+#[test]
+fn randn_is_the_same_on_both_backends() {
+    let (cpu, gpu) = (Device::Cpu, gpu());
+    let a = got(&Tensor::randn(&[4, 77, 13], 2026, &cpu).unwrap());
+    let b = got(&Tensor::randn(&[4, 77, 13], 2026, &gpu).unwrap());
+    assert_elementwise("randn cpu vs wgpu", &b, &a, NOISE_TOL, NOISE_TOL);
+}
+
+on_both_backends!(broadcast_to_repeats_leading_and_unit_axes, |dev| {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[3, 1, 7], &[2, 3, 5, 7]),
+        (&[1], &[4, 3]),
+        (&[5], &[5]),
+        (&[2, 1, 1], &[2, 3, 65]),
+    ];
+    for (i, &(from, to)) in cases.iter().enumerate() {
+        let (x, xv) = tensor(from, 400 + i as u64, dev);
+        let zeros = vec![0.0; to.iter().product()];
+        let (want, _) = broadcast_ref(&xv, from, &zeros, to, |a, _| a);
+        let y = x.broadcast_to(to).unwrap();
+        assert_eq!(y.shape(), to);
+        assert_eq!(got(&y), want, "broadcast {from:?} → {to:?}");
+    }
+    let (x, _) = tensor(&[1, 4], 409, dev);
+    assert_eq!(x.broadcast_to(&[0, 4]).unwrap().shape(), &[0, 4]);
+    let (x, _) = tensor(&[3, 2], 410, dev);
+    for bad in [&[3, 3][..], &[2], &[1, 3, 2, 1]] {
+        let e = x.broadcast_to(bad).unwrap_err().to_string();
+        assert!(e.contains("broadcast_to") && e.contains("[3, 2]"), "{e}");
+    }
+});
+
+on_both_backends!(last_axis_sum_mean_max_argmax, |dev| {
+    for shape in [
+        vec![3, 7],
+        vec![2, 5, 300],
+        vec![4, 1],
+        vec![1, 1000],
+        vec![257],
+    ] {
+        let len = *shape.last().unwrap();
+        let (x, xv) = tensor(&shape, 500, dev);
+        let mut kept = shape.clone();
+        *kept.last_mut().unwrap() = 1;
+        let rows: Vec<&[f64]> = xv.chunks(len).collect();
+        let sums: Vec<f64> = rows.iter().map(|r| r.iter().sum()).collect();
+        let scale: Vec<f64> = rows
+            .iter()
+            .map(|r| r.iter().map(|v| v.abs()).sum())
+            .collect();
+        let what = |name: &str| format!("{name} {shape:?}");
+        let sum = x.sum_last().unwrap();
+        assert_eq!(sum.shape(), &kept[..]);
+        for (i, (g, w)) in got(&sum).iter().zip(&sums).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * scale[i] + 1e-6,
+                "{}: {g} vs {w}",
+                what("sum")
+            );
+        }
+        for (i, g) in got(&x.mean_last().unwrap()).iter().enumerate() {
+            let w = sums[i] / len as f64;
+            assert!(
+                (g - w).abs() <= (1e-6 * scale[i] + 1e-6) / len as f64,
+                "{}: {g} vs {w}",
+                what("mean")
+            );
+        }
+        let max: Vec<f64> = rows
+            .iter()
+            .map(|r| r.iter().copied().fold(f64::MIN, f64::max))
+            .collect();
+        assert_eq!(got(&x.max_last().unwrap()), max, "{}", what("max"));
+        let argmax: Vec<f64> = rows
+            .iter()
+            .zip(&max)
+            .map(|(r, m)| r.iter().position(|v| v == m).unwrap() as f64)
+            .collect();
+        assert_eq!(got(&x.argmax_last().unwrap()), argmax, "{}", what("argmax"));
+    }
+    // Ties go to the first index, as PyTorch; a row of equal values gives 0.
+    let mut v = vec![0.5f32; 600];
+    v[300 + 41] = 2.0;
+    v[300 + 250] = 2.0;
+    v[300 + 299] = 2.0;
+    let x = Tensor::from_vec(v, &[2, 300], dev).unwrap();
+    assert_eq!(x.argmax_last().unwrap().to_vec().unwrap(), [0.0, 41.0]);
+    assert_eq!(x.max_last().unwrap().to_vec().unwrap(), [0.5, 2.0]);
+    let e = Tensor::zeros(&[3, 0], dev)
+        .unwrap()
+        .sum_last()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sum_last"), "{e}");
+});
+
+on_both_backends!(timestep_embedding_matches_diffusers_options, |dev| {
+    use reimagen::tensor::TimestepEmbedding;
+    let t = [0.0f32, 1.0, 10.0, 500.0, 999.0];
+    let tt = Tensor::from_vec(t.to_vec(), &[5], dev).unwrap();
+    let tv: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+    for dim in [64, 33, 320] {
+        for (flip, shift) in [(false, 1.0), (true, 0.0), (false, 0.0), (true, 1.0)] {
+            let options = TimestepEmbedding {
+                max_period: 10_000.0,
+                flip_sin_to_cos: flip,
+                freq_shift: shift,
+            };
+            let e = tt.timestep_embedding_with(dim, &options).unwrap();
+            assert_eq!(e.shape(), &[5, dim]);
+            assert_elementwise(
+                &format!("timestep dim {dim} flip {flip} shift {shift}"),
+                &got(&e),
+                &timestep_ref_with(&tv, dim, 10_000.0, flip, shift as f64),
+                2e-3,
+                0.0,
+            );
+        }
+    }
+    // diffusers' defaults: [sin | cos], shift 1.
+    let d = TimestepEmbedding::default();
+    assert!(!d.flip_sin_to_cos && d.freq_shift == 1.0 && d.max_period == 10_000.0);
+    // A shift that leaves no frequency is refused.
+    let options = TimestepEmbedding {
+        freq_shift: 1.0,
+        ..d
+    };
+    let e = tt
+        .timestep_embedding_with(2, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("timestep_embedding") && e.contains("freq_shift"),
+        "{e}"
+    );
+});

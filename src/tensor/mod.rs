@@ -34,6 +34,7 @@ mod wgpu;
 
 pub use device::{DEVICE_ENV, Device, DeviceChoice};
 pub use error::{Result, TensorError};
+pub use ops::TimestepEmbedding;
 pub use tensor::{DType, Tensor};
 pub use weights::{Weights, WeightsDtype};
 pub use wgpu::{AdapterSummary, PoolStats, SHADERS, Shader, WgpuDevice};

@@ -5,6 +5,7 @@
 //! Not here: the kernels themselves, and anything model-specific.
 
 use super::cpu;
+use super::device::Device;
 use super::error::{Result, TensorError};
 use super::tensor::{DType, Tensor, numel};
 use super::wgpu::{self as gpu, WgpuDevice};
@@ -13,6 +14,29 @@ use super::wgpu::{self as gpu, WgpuDevice};
 enum On<'a> {
     Cpu,
     Gpu(&'a WgpuDevice),
+}
+
+impl<'a> On<'a> {
+    fn of(device: &'a Device) -> On<'a> {
+        match device {
+            Device::Cpu => On::Cpu,
+            Device::Wgpu(d) => On::Gpu(d),
+        }
+    }
+}
+
+/// Runs an op where its operands live: `on_cpu` computes the output's values from host slices,
+/// `on_gpu` records the kernels and hands back the output buffer.
+fn run(
+    on: On<'_>,
+    shape: Vec<usize>,
+    on_cpu: impl FnOnce() -> Vec<f32>,
+    on_gpu: impl FnOnce(&WgpuDevice) -> Result<gpu::GpuBuffer>,
+) -> Result<Tensor> {
+    match on {
+        On::Cpu => Ok(Tensor::from_cpu(on_cpu(), shape)),
+        On::Gpu(d) => Ok(Tensor::from_gpu(d, on_gpu(d)?, shape)),
+    }
 }
 
 /// Where the f32 operands `tensors` live.
@@ -150,6 +174,52 @@ pub(crate) enum BinaryOp {
     Add,
     Sub,
     Mul,
+}
+
+/// The reductions over the last axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reduction {
+    Sum,
+    Mean,
+    Max,
+    /// The first index of the maximum.
+    ArgMax,
+}
+
+/// Options of [`Tensor::timestep_embedding_with`], named as in diffusers'
+/// `get_timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos, downscale_freq_shift,
+/// scale = 1, max_period)`: the embedding is `[sin(t·f) | cos(t·f)]` with
+/// `f_j = max_period^(−j / (dim/2 − freq_shift))`, the halves swapped when `flip_sin_to_cos`,
+/// and a zero last column when `dim` is odd.
+///
+/// By default, diffusers' defaults: `max_period` 10 000, `flip_sin_to_cos` false,
+/// `freq_shift` 1. Stable Diffusion's UNet uses `flip_sin_to_cos: true, freq_shift: 0.0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimestepEmbedding {
+    /// The longest period.
+    pub max_period: f32,
+    /// `[cos | sin]` instead of `[sin | cos]`.
+    pub flip_sin_to_cos: bool,
+    /// diffusers' `downscale_freq_shift`.
+    pub freq_shift: f32,
+}
+
+impl Default for TimestepEmbedding {
+    fn default() -> Self {
+        TimestepEmbedding {
+            max_period: 10_000.0,
+            flip_sin_to_cos: false,
+            freq_shift: 1.0,
+        }
+    }
+}
+
+/// A sinusoidal embedding of `batch` timesteps into `dim` values each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimestepPlan {
+    pub batch: usize,
+    pub dim: usize,
+    pub options: TimestepEmbedding,
 }
 
 /// An output shape and, for each input, its strides over it (0 where it broadcasts).
@@ -1088,16 +1158,22 @@ impl Tensor {
         let strides = contiguous_strides(&self.shape);
         let shape: Vec<usize> = axes.iter().map(|&a| self.shape[a]).collect();
         let src_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
-        match on(op, &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::layout::strided_copy(self.cpu_data(), &shape, &src_strides),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::layout::strided_copy(d, self.gpu_buffer(), &shape, &src_strides)?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
-        }
+        self.strided_copy(op, shape, src_strides)
+    }
+
+    /// A contiguous `shape` read from `self` through `src_strides` (0 repeats an axis).
+    fn strided_copy(
+        &self,
+        op: &'static str,
+        shape: Vec<usize>,
+        src_strides: Vec<usize>,
+    ) -> Result<Tensor> {
+        run(
+            on(op, &[self])?,
+            shape.clone(),
+            || cpu::layout::strided_copy(self.cpu_data(), &shape, &src_strides),
+            |d| gpu::layout::strided_copy(d, op, self.gpu_buffer(), &shape, &src_strides),
+        )
     }
 
     /// Swaps two axes.
@@ -1172,11 +1248,43 @@ impl Tensor {
     }
 
     /// Sinusoidal embedding of timesteps `[B]` into `[B, dim]`: `[cos(t·f) | sin(t·f)]` with
-    /// `f_i = max_period^(−i / (dim/2))` (a zero last column when `dim` is odd).
+    /// `f_i = max_period^(−i / (dim/2))` (a zero last column when `dim` is odd) — guided
+    /// diffusion's and Stable Diffusion's convention. For diffusers' other conventions see
+    /// [`Tensor::timestep_embedding_with`].
     ///
     /// # Errors
     /// When `self` is not a vector.
     pub fn timestep_embedding(&self, dim: usize, max_period: f32) -> Result<Tensor> {
+        let options = TimestepEmbedding {
+            max_period,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+        };
+        self.timestep_embedding_with(dim, &options)
+    }
+
+    /// Sinusoidal embedding of timesteps `[B]` into `[B, dim]` with diffusers'
+    /// `get_timestep_embedding` options ([`TimestepEmbedding`]).
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor, TimestepEmbedding};
+    /// let t = Tensor::from_vec(vec![0.0, 999.0], &[2], &Device::Cpu)?;
+    /// // Stable Diffusion's `Timesteps(320, flip_sin_to_cos=True, downscale_freq_shift=0)`.
+    /// let sd = TimestepEmbedding { flip_sin_to_cos: true, freq_shift: 0.0, ..Default::default() };
+    /// let e = t.timestep_embedding_with(320, &sd)?;
+    /// assert_eq!(e.shape(), &[2, 320]);
+    /// assert_eq!(e.to_vec()?[0], 1.0); // cos(0)
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When `self` is not a vector, or `freq_shift` leaves no positive denominator
+    /// (`dim/2 − freq_shift ≤ 0`).
+    pub fn timestep_embedding_with(
+        &self,
+        dim: usize,
+        options: &TimestepEmbedding,
+    ) -> Result<Tensor> {
         let op = "timestep_embedding";
         if self.rank() != 1 {
             return Err(TensorError::shape(
@@ -1184,18 +1292,27 @@ impl Tensor {
                 format!("timesteps must be [B], got {:?}", self.shape),
             ));
         }
-        let batch = self.shape[0];
-        let shape = vec![batch, dim];
-        match on(op, &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::embedding::timestep(self.cpu_data(), dim, max_period),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::embedding::timestep(d, self.gpu_buffer(), batch, dim, max_period)?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
+        let half = (dim / 2) as f32;
+        if dim >= 2 && half - options.freq_shift <= 0.0 {
+            return Err(TensorError::shape(
+                op,
+                format!(
+                    "freq_shift {} leaves no frequency for dim {dim} (needs dim/2 − freq_shift > 0)",
+                    options.freq_shift
+                ),
+            ));
         }
+        let plan = TimestepPlan {
+            batch: self.shape[0],
+            dim,
+            options: *options,
+        };
+        run(
+            on(op, &[self])?,
+            vec![plan.batch, dim],
+            || cpu::embedding::timestep(self.cpu_data(), &plan),
+            |d| gpu::embedding::timestep(d, self.gpu_buffer(), &plan),
+        )
     }
 
     /// Rows of the table `self` (`[V, D]`) picked by `ids`: `[ids.len(), D]`. The table may be
@@ -1235,5 +1352,136 @@ impl Tensor {
                 Ok(Tensor::from_gpu(d, out, shape))
             }
         }
+    }
+
+    /// Standard normal noise of `shape` from `seed`, made on `device`: the same numbers on every
+    /// backend (up to the precision of `ln`, `cos` and `sin`) and in every run, by the project's
+    /// own documented algorithm — Philox4x32-10 counters and Box-Muller (docs/tensor.md,
+    /// "Seeded noise") — so that a Python reference reproduces it. The values depend only on
+    /// the seed and the element's index: a shorter tensor is a prefix of a longer one.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// let noise = Tensor::randn(&[1, 4, 8, 8], 42, &Device::Cpu)?;
+    /// assert_eq!(noise.to_vec()?, Tensor::randn(&[256], 42, &Device::Cpu)?.to_vec()?);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the tensor has 2³² elements or more (the counter is 32-bit), or does not fit the
+    /// adapter.
+    pub fn randn(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+        let len = numel(shape);
+        if len >= 1 << 32 {
+            return Err(TensorError::shape(
+                "randn",
+                format!("{shape:?} has 2^32 elements or more; the counter is 32-bit"),
+            ));
+        }
+        run(
+            On::of(device),
+            shape.to_vec(),
+            || cpu::random::normal(len, seed),
+            |d| gpu::random::normal(d, len, seed),
+        )
+    }
+
+    /// The values repeated along new leading axes and along axes of size 1, up to `shape`
+    /// (NumPy's `broadcast_to`), as a contiguous copy.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// let bias = Tensor::from_vec(vec![1.0, 2.0], &[2, 1], &Device::Cpu)?;
+    /// let wide = bias.broadcast_to(&[3, 2, 2])?;
+    /// assert_eq!(wide.to_vec()?, [1.0, 1.0, 2.0, 2.0].repeat(3));
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When `self` does not broadcast to `shape`, or `shape` has more than 8 axes.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        let op = "broadcast_to";
+        let rank = shape.len();
+        let fits = self.rank() <= rank
+            && rank <= 8
+            && self
+                .shape
+                .iter()
+                .rev()
+                .zip(shape.iter().rev())
+                .all(|(&a, &b)| a == b || a == 1);
+        if !fits {
+            return Err(TensorError::shape(
+                op,
+                format!(
+                    "cannot broadcast {:?} to {shape:?} (at most 8 axes)",
+                    self.shape
+                ),
+            ));
+        }
+        let mut padded = vec![1; rank - self.rank()];
+        padded.extend_from_slice(&self.shape);
+        let src_strides: Vec<usize> = contiguous_strides(&padded)
+            .into_iter()
+            .zip(&padded)
+            .map(|(stride, &extent)| if extent == 1 { 0 } else { stride })
+            .collect();
+        self.strided_copy(op, shape.to_vec(), src_strides)
+    }
+
+    fn reduce_last(&self, op: &'static str, reduction: Reduction) -> Result<Tensor> {
+        let (rows, len) = self.rows(op)?;
+        let mut shape = self.shape.clone();
+        if let Some(last) = shape.last_mut() {
+            *last = 1;
+        }
+        run(
+            on(op, &[self])?,
+            shape,
+            || cpu::reduce::reduce_last(self.cpu_data(), len, reduction),
+            |d| gpu::reduce::reduce_last(d, self.gpu_buffer(), rows, len, reduction),
+        )
+    }
+
+    /// The sum over the last axis, kept as an axis of size 1 (so it broadcasts against `self`):
+    /// `[.., N] → [.., 1]`.
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn sum_last(&self) -> Result<Tensor> {
+        self.reduce_last("sum_last", Reduction::Sum)
+    }
+
+    /// The mean over the last axis, `[.., N] → [.., 1]`.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0, 2.0, 6.0, -1.0, 5.0, 2.0], &[2, 3], &Device::Cpu)?;
+    /// let centred = x.sub(&x.mean_last()?)?;
+    /// assert_eq!(centred.to_vec()?, [-2.0, -1.0, 3.0, -3.0, 3.0, 0.0]);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn mean_last(&self) -> Result<Tensor> {
+        self.reduce_last("mean_last", Reduction::Mean)
+    }
+
+    /// The maximum over the last axis, `[.., N] → [.., 1]`.
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn max_last(&self) -> Result<Tensor> {
+        self.reduce_last("max_last", Reduction::Max)
+    }
+
+    /// The index of the maximum over the last axis (the first one on ties, as PyTorch), as f32
+    /// values (exact below 2²⁴): `[.., N] → [.., 1]`.
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn argmax_last(&self) -> Result<Tensor> {
+        self.reduce_last("argmax_last", Reduction::ArgMax)
     }
 }
