@@ -27,6 +27,7 @@ pub mod doctor;
 mod error;
 pub mod nn;
 mod ops;
+mod plan;
 #[allow(clippy::module_inception)]
 mod tensor;
 mod weights;
@@ -34,7 +35,7 @@ mod wgpu;
 
 pub use device::{DEVICE_ENV, Device, DeviceChoice};
 pub use error::{Result, TensorError};
-pub use ops::TimestepEmbedding;
+pub use plan::TimestepEmbedding;
 pub use tensor::{DType, Tensor};
 pub use weights::{Weights, WeightsDtype};
 pub use wgpu::{AdapterSummary, PoolStats, SHADERS, Shader, WgpuDevice};

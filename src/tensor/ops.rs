@@ -7,6 +7,10 @@
 use super::cpu;
 use super::device::Device;
 use super::error::{Result, TensorError};
+use super::plan::{
+    AttentionMask, AttentionPlan, BinaryOp, BlockCopy, Broadcast, ConvPlan, GroupNormPlan,
+    MatmulPlan, Reduction, ResizeMode, ResizePlan, TimestepEmbedding, TimestepPlan, UnaryOp,
+};
 use super::tensor::{DType, Tensor, numel};
 use super::wgpu::{self as gpu, WgpuDevice};
 
@@ -73,192 +77,6 @@ fn on_any<'a>(op: &'static str, tensors: &[&'a Tensor]) -> Result<On<'a>> {
         });
     }
     Ok(found.unwrap_or(On::Cpu))
-}
-
-/// `out[b] = a[b] · b[b]` (or `· b[b]ᵀ`), plus an optional bias over the columns.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MatmulPlan {
-    pub batch: usize,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub a_batch_stride: usize,
-    pub b_batch_stride: usize,
-    pub trans_b: bool,
-}
-
-/// A conv2d over NCHW images.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ConvPlan {
-    pub images: usize,
-    pub cin: usize,
-    pub h: usize,
-    pub w: usize,
-    pub cout: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub ho: usize,
-    pub wo: usize,
-}
-
-/// Group norm over `[images, channels, spatial]`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GroupNormPlan {
-    pub images: usize,
-    pub channels: usize,
-    pub spatial: usize,
-    pub groups: usize,
-    pub eps: f32,
-    pub silu: bool,
-}
-
-/// What the optional mask of an attention holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AttentionMask {
-    None,
-    /// Added to the scores: `[batches, Lq, Lk]`, `batches` 1 (shared) or `batch`.
-    Additive {
-        batches: usize,
-    },
-    /// Key padding, `[batch, Lk]`, shared by every head and query: 0 hides a key, anything
-    /// else keeps it (transformers' `attention_mask`).
-    KeepKeys,
-}
-
-/// Attention over `batch` × `heads` independent (q, k, v) triples, the heads side by side in
-/// the last axis: q `[batch, lq, heads·d]`, k `[batch, lk, heads·d]`, v `[batch, lk, heads·dv]`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AttentionPlan {
-    pub batch: usize,
-    pub heads: usize,
-    pub lq: usize,
-    pub lk: usize,
-    pub d: usize,
-    pub dv: usize,
-    pub scale: f32,
-    pub causal: bool,
-    pub mask: AttentionMask,
-}
-
-impl AttentionPlan {
-    /// The mask's strides over (batch, query): its element for (b, i, j) is at
-    /// `b · batch_stride + i · row_stride + j`.
-    pub(crate) fn mask_strides(&self) -> (usize, usize) {
-        match self.mask {
-            AttentionMask::None => (0, 0),
-            AttentionMask::Additive { batches } => {
-                (if batches > 1 { self.lq * self.lk } else { 0 }, self.lk)
-            }
-            AttentionMask::KeepKeys => (self.lk, 0),
-        }
-    }
-}
-
-/// The element-wise functions of one input.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum UnaryOp {
-    Gelu,
-    QuickGelu,
-    Silu,
-    /// `x · a + b`
-    Affine(f32, f32),
-    /// `min(max(x, a), b)`
-    Clamp(f32, f32),
-}
-
-/// The element-wise functions of two inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-}
-
-/// The reductions over the last axis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reduction {
-    Sum,
-    Mean,
-    Max,
-    /// The first index of the maximum.
-    ArgMax,
-}
-
-/// Options of [`Tensor::timestep_embedding_with`], named as in diffusers'
-/// `get_timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos, downscale_freq_shift,
-/// scale = 1, max_period)`: the embedding is `[sin(t·f) | cos(t·f)]` with
-/// `f_j = max_period^(−j / (dim/2 − freq_shift))`, the halves swapped when `flip_sin_to_cos`,
-/// and a zero last column when `dim` is odd.
-///
-/// By default, diffusers' defaults: `max_period` 10 000, `flip_sin_to_cos` false,
-/// `freq_shift` 1. Stable Diffusion's UNet uses `flip_sin_to_cos: true, freq_shift: 0.0`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TimestepEmbedding {
-    /// The longest period.
-    pub max_period: f32,
-    /// `[cos | sin]` instead of `[sin | cos]`.
-    pub flip_sin_to_cos: bool,
-    /// diffusers' `downscale_freq_shift`.
-    pub freq_shift: f32,
-}
-
-impl Default for TimestepEmbedding {
-    fn default() -> Self {
-        TimestepEmbedding {
-            max_period: 10_000.0,
-            flip_sin_to_cos: false,
-            freq_shift: 1.0,
-        }
-    }
-}
-
-/// A sinusoidal embedding of `batch` timesteps into `dim` values each.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TimestepPlan {
-    pub batch: usize,
-    pub dim: usize,
-    pub options: TimestepEmbedding,
-}
-
-/// An output shape and, for each input, its strides over it (0 where it broadcasts).
-#[derive(Debug, Clone)]
-pub(crate) struct Broadcast {
-    pub shape: Vec<usize>,
-    pub lhs_strides: Vec<usize>,
-    pub rhs_strides: Vec<usize>,
-}
-
-/// Copy of `src` viewed as `[outer, len, inner]` (from axis offset `src_offset` of `src_axis`)
-/// into `dst` viewed as `[outer, dst_axis, inner]` at axis offset `dst_offset`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BlockCopy {
-    pub outer: usize,
-    pub len: usize,
-    pub inner: usize,
-    pub src_axis: usize,
-    pub src_offset: usize,
-    pub dst_axis: usize,
-    pub dst_offset: usize,
-}
-
-/// Resampling mode of [`Tensor::resize_nearest`] and [`Tensor::resize_bilinear`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ResizeMode {
-    Nearest,
-    Bilinear,
-}
-
-/// Resizing `planes` images of `h × w` to `ho × wo`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ResizePlan {
-    pub planes: usize,
-    pub h: usize,
-    pub w: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub mode: ResizeMode,
 }
 
 fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
@@ -333,28 +151,19 @@ impl Tensor {
         operands.extend(bias);
         on(op, &operands)?;
         operands.push(weight);
-        match on_any(op, &operands)? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                on_cpu(
-                    self.cpu_data(),
-                    weight.cpu_data(),
-                    bias.map(|b| b.cpu_data()),
-                    plan,
-                ),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = on_gpu(
-                    d,
-                    self.gpu_buffer(),
-                    weight.gpu_buffer(),
-                    weight.dtype == DType::F16,
-                    bias.map(|b| b.gpu_buffer()),
-                    plan,
-                )?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
-        }
+        run(
+            on_any(op, &operands)?,
+            shape,
+            || {
+                let bias = bias.map(|b| b.cpu_data());
+                on_cpu(self.cpu_data(), weight.cpu_data(), bias, plan)
+            },
+            |d| {
+                let bias = bias.map(|b| b.gpu_buffer());
+                let half = weight.dtype == DType::F16;
+                on_gpu(d, self.gpu_buffer(), weight.gpu_buffer(), half, bias, plan)
+            },
+        )
     }
 
     /// Batched matrix product: `[.., M, K] · [.., K, N] → [.., M, N]`. The right side has the same
@@ -537,22 +346,18 @@ impl Tensor {
             eps,
             silu,
         };
-        match on(op, &[self, gamma, beta])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::norm::group_norm(self.cpu_data(), gamma.cpu_data(), beta.cpu_data(), &plan),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::norm::group_norm(
-                    d,
-                    self.gpu_buffer(),
-                    gamma.gpu_buffer(),
-                    beta.gpu_buffer(),
-                    &plan,
-                )?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on(op, &[self, gamma, beta])?,
+            self.shape.clone(),
+            || {
+                let (x, g, b) = (self.cpu_data(), gamma.cpu_data(), beta.cpu_data());
+                cpu::norm::group_norm(x, g, b, &plan)
+            },
+            |d| {
+                let (x, g, b) = (self.gpu_buffer(), gamma.gpu_buffer(), beta.gpu_buffer());
+                gpu::norm::group_norm(d, x, g, b, &plan)
+            },
+        )
     }
 
     /// Group norm of `[N, C, ..]` over `groups` groups of channels, with per-channel `gamma` and
@@ -603,31 +408,18 @@ impl Tensor {
         let (rows, len) = self.rows(op)?;
         check_vector(op, "gamma", gamma, len)?;
         check_vector(op, "beta", beta, len)?;
-        match on(op, &[self, gamma, beta])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::norm::layer_norm(
-                    self.cpu_data(),
-                    gamma.cpu_data(),
-                    beta.cpu_data(),
-                    rows,
-                    len,
-                    eps,
-                ),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::norm::layer_norm(
-                    d,
-                    self.gpu_buffer(),
-                    gamma.gpu_buffer(),
-                    beta.gpu_buffer(),
-                    rows,
-                    len,
-                    eps,
-                )?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on(op, &[self, gamma, beta])?,
+            self.shape.clone(),
+            || {
+                let (x, g, b) = (self.cpu_data(), gamma.cpu_data(), beta.cpu_data());
+                cpu::norm::layer_norm(x, g, b, rows, len, eps)
+            },
+            |d| {
+                let (x, g, b) = (self.gpu_buffer(), gamma.gpu_buffer(), beta.gpu_buffer());
+                gpu::norm::layer_norm(d, x, g, b, rows, len, eps)
+            },
+        )
     }
 
     /// Softmax over the last axis.
@@ -636,16 +428,12 @@ impl Tensor {
     /// When the last axis is empty.
     pub fn softmax(&self) -> Result<Tensor> {
         let (rows, len) = self.rows("softmax")?;
-        match on("softmax", &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::softmax::softmax(self.cpu_data(), rows, len),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::softmax::softmax(d, self.gpu_buffer(), rows, len)?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on("softmax", &[self])?,
+            self.shape.clone(),
+            || cpu::softmax::softmax(self.cpu_data(), rows, len),
+            |d| gpu::softmax::softmax(d, self.gpu_buffer(), rows, len),
+        )
     }
 
     fn run_attention(
@@ -659,29 +447,18 @@ impl Tensor {
         let shape = vec![plan.batch, plan.lq, plan.heads * plan.dv];
         let mut operands = vec![self, k, v];
         operands.extend(mask);
-        match on(op, &operands)? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::attention::attention(
-                    self.cpu_data(),
-                    k.cpu_data(),
-                    v.cpu_data(),
-                    mask.map(|m| m.cpu_data()),
-                    plan,
-                ),
-                shape,
-            )),
-            On::Gpu(dev) => {
-                let out = gpu::attention::attention(
-                    dev,
-                    self.gpu_buffer(),
-                    k.gpu_buffer(),
-                    v.gpu_buffer(),
-                    mask.map(|m| m.gpu_buffer()),
-                    plan,
-                )?;
-                Ok(Tensor::from_gpu(dev, out, shape))
-            }
-        }
+        run(
+            on(op, &operands)?,
+            shape,
+            || {
+                let (q, k, v) = (self.cpu_data(), k.cpu_data(), v.cpu_data());
+                cpu::attention::attention(q, k, v, mask.map(|m| m.cpu_data()), plan)
+            },
+            |d| {
+                let (q, k, v) = (self.gpu_buffer(), k.gpu_buffer(), v.gpu_buffer());
+                gpu::attention::attention(d, q, k, v, mask.map(|m| m.gpu_buffer()), plan)
+            },
+        )
     }
 
     /// Scaled dot-product attention, `softmax(q·kᵀ·scale + mask) · v`, with `self` as the
@@ -848,16 +625,12 @@ impl Tensor {
     }
 
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        match on("unary", &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::elementwise::unary(self.cpu_data(), op),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::elementwise::unary(d, self.gpu_buffer(), self.numel(), op)?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on("unary", &[self])?,
+            self.shape.clone(),
+            || cpu::elementwise::unary(self.cpu_data(), op),
+            |d| gpu::elementwise::unary(d, self.gpu_buffer(), self.numel(), op),
+        )
     }
 
     /// GELU with the exact (erf) form, as PyTorch's default `gelu`.
@@ -915,16 +688,12 @@ impl Tensor {
     /// When the last axis is empty.
     pub fn l2_normalize(&self, eps: f32) -> Result<Tensor> {
         let (rows, len) = self.rows("l2_normalize")?;
-        match on("l2_normalize", &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::softmax::l2_normalize(self.cpu_data(), rows, len, eps),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::softmax::l2_normalize(d, self.gpu_buffer(), rows, len, eps)?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on("l2_normalize", &[self])?,
+            self.shape.clone(),
+            || cpu::softmax::l2_normalize(self.cpu_data(), rows, len, eps),
+            |d| gpu::softmax::l2_normalize(d, self.gpu_buffer(), rows, len, eps),
+        )
     }
 
     fn binary(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
@@ -961,17 +730,12 @@ impl Tensor {
             rhs_strides: strides(&rs),
             shape,
         };
-        match on(name, &[self, rhs])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::elementwise::binary(self.cpu_data(), rhs.cpu_data(), op, &plan),
-                plan.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out =
-                    gpu::elementwise::binary(d, self.gpu_buffer(), rhs.gpu_buffer(), op, &plan)?;
-                Ok(Tensor::from_gpu(d, out, plan.shape))
-            }
-        }
+        run(
+            on(name, &[self, rhs])?,
+            plan.shape.clone(),
+            || cpu::elementwise::binary(self.cpu_data(), rhs.cpu_data(), op, &plan),
+            |d| gpu::elementwise::binary(d, self.gpu_buffer(), rhs.gpu_buffer(), op, &plan),
+        )
     }
 
     /// `self + rhs`, with NumPy broadcasting.
@@ -1004,24 +768,25 @@ impl Tensor {
         parts: &[(&Tensor, BlockCopy)],
     ) -> Result<Tensor> {
         let tensors: Vec<&Tensor> = parts.iter().map(|(t, _)| *t).collect();
-        match on(op, &tensors)? {
-            On::Cpu => {
+        run(
+            on(op, &tensors)?,
+            dst_shape.clone(),
+            || {
                 let mut out = vec![0.0; numel(&dst_shape)];
                 for (t, plan) in parts {
                     cpu::layout::copy_block(t.cpu_data(), &mut out, plan);
                 }
-                Ok(Tensor::from_cpu(out, dst_shape))
-            }
-            On::Gpu(d) => {
-                let out = d
-                    .ctx
-                    .alloc(op, &format!("output {dst_shape:?}"), numel(&dst_shape))?;
+                out
+            },
+            |d| {
+                let what = format!("output {dst_shape:?}");
+                let out = d.ctx.alloc(op, &what, numel(&dst_shape))?;
                 for (t, plan) in parts {
                     gpu::layout::copy_block(d, t.gpu_buffer(), &out, plan)?;
                 }
-                Ok(Tensor::from_gpu(d, out, dst_shape))
-            }
-        }
+                Ok(out)
+            },
+        )
     }
 
     /// Joins tensors along `axis`; all other axes must agree (e.g. channels of NCHW: axis 1).
@@ -1207,16 +972,12 @@ impl Tensor {
             mode,
         };
         let shape = vec![self.shape[0], self.shape[1], ho, wo];
-        match on(op, &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::resize::resize(self.cpu_data(), &plan),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::resize::resize(d, self.gpu_buffer(), &plan)?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
-        }
+        run(
+            on(op, &[self])?,
+            shape,
+            || cpu::resize::resize(self.cpu_data(), &plan),
+            |d| gpu::resize::resize(d, self.gpu_buffer(), &plan),
+        )
     }
 
     /// Nearest-neighbour ×2 upsampling of NCHW images (each pixel becomes 2×2).
@@ -1336,22 +1097,15 @@ impl Tensor {
             ));
         }
         let shape = vec![ids.len(), dim];
-        match on_any(op, &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::embedding::gather(self.cpu_data(), ids, dim),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::embedding::gather(
-                    d,
-                    self.gpu_buffer(),
-                    self.dtype == DType::F16,
-                    ids,
-                    dim,
-                )?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
-        }
+        run(
+            on_any(op, &[self])?,
+            shape,
+            || cpu::embedding::gather(self.cpu_data(), ids, dim),
+            |d| {
+                let half = self.dtype == DType::F16;
+                gpu::embedding::gather(d, self.gpu_buffer(), half, ids, dim)
+            },
+        )
     }
 
     /// Standard normal noise of `shape` from `seed`, made on `device`: the same numbers on every

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::matmul::{Strided, gemm_strided};
 use super::softmax::softmax_row;
-use crate::tensor::ops::{AttentionMask, AttentionPlan};
+use crate::tensor::plan::{AttentionMask, AttentionPlan};
 
 const QUERY_BLOCK: usize = 64;
 const FLOOR: f32 = -1.0e30;

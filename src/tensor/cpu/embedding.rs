@@ -3,7 +3,7 @@
 //!
 //! Not here: shape checks (`ops.rs`).
 
-use crate::tensor::ops::TimestepPlan;
+use crate::tensor::plan::TimestepPlan;
 
 pub(crate) fn timestep(t: &[f32], p: &TimestepPlan) -> Vec<f32> {
     let (dim, o) = (p.dim, p.options);

@@ -3,7 +3,7 @@
 
 use gemm::Parallelism;
 
-use crate::tensor::ops::MatmulPlan;
+use crate::tensor::plan::MatmulPlan;
 
 /// `dst (m×n, row stride n) = a (m×k) · b`, where b is k×n, or n×k when `trans_b`. With
 /// `accumulate`, adds to what `dst` holds.

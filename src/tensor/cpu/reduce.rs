@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN;
-use crate::tensor::ops::Reduction;
+use crate::tensor::plan::Reduction;
 
 fn reduce_row(row: &[f32], op: Reduction) -> f32 {
     match op {

@@ -5,7 +5,7 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
 use crate::tensor::error::{Result, TensorError};
-use crate::tensor::ops::{AttentionMask, AttentionPlan};
+use crate::tensor::plan::{AttentionMask, AttentionPlan};
 
 pub(crate) const SHADER: Shader = Shader {
     name: "attention.wgsl",

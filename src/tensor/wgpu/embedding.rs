@@ -2,7 +2,7 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
 use crate::tensor::error::Result;
-use crate::tensor::ops::TimestepPlan;
+use crate::tensor::plan::TimestepPlan;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "embedding.wgsl",

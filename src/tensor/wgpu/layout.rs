@@ -4,7 +4,7 @@
 use super::elementwise::pack_axes;
 use super::{GpuBuffer, Shader, WgpuDevice, word};
 use crate::tensor::error::Result;
-use crate::tensor::ops::BlockCopy;
+use crate::tensor::plan::BlockCopy;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "layout.wgsl",

@@ -5,7 +5,7 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, word};
 use crate::tensor::error::Result;
-use crate::tensor::ops::Reduction;
+use crate::tensor::plan::Reduction;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "reduce.wgsl",
