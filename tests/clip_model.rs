@@ -5,13 +5,13 @@
 //! inputs).
 //!
 //! Tolerances: f32 weights, cosine ≥ 0.9999 per embedding and per hidden-state row; f16 weights
-//! (rounded on load), cosine ≥ 0.999 per embedding.
+//! (kept f16 on the GPU; the CPU backend keeps weights as stored), cosine ≥ 0.999.
 
 mod clip_support;
 mod tensor_support;
 
 use clip_support::*;
-use reimagen::embed::clip::{ClipError, ClipModel, TokenBatch, WeightPrecision};
+use reimagen::embed::clip::{ClipModel, TokenBatch, WeightPrecision};
 use reimagen::tensor::{Device, Tensor};
 
 fn tokens(name: &str) -> TokenBatch {
@@ -127,7 +127,7 @@ fn a_mis_shaped_tensor_is_an_error_naming_it_the_file_and_both_shapes() {
     std::fs::write(dir.path().join("config.json"), config).unwrap();
     let err = ClipModel::load(dir.path(), Device::Cpu, WeightPrecision::F32).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ClipError::Tensor { .. }), "{msg}");
+    assert!(msg.contains("model.safetensors"), "{msg}");
     assert!(
         msg.contains("text_model.encoder.layers.0.mlp.fc1.weight"),
         "{msg}"
@@ -159,7 +159,7 @@ fn a_missing_tensor_is_an_error_naming_it() {
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("vision_model.encoder.layers.3.") && msg.contains("missing"),
+        msg.contains("vision_model.encoder.layers.3.") && msg.contains("is not in"),
         "{msg}"
     );
 }

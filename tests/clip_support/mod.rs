@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use reimagen::tensor::Weights;
+use reimagen::tensor::{Device, Weights};
 
 /// The fixture models, one folder each.
 pub const MODELS: &[&str] = &["quickgelu-argmax", "gelu-eos", "odd-sizes"];
@@ -41,10 +41,11 @@ pub fn images(name: &str) -> Vec<image::DynamicImage> {
 
 /// A tensor of `expected.safetensors`: (values, shape).
 pub fn expected(name: &str, tensor: &str) -> (Vec<f32>, Vec<usize>) {
-    Weights::open(folder(name).join("expected.safetensors"))
+    let t = Weights::open(folder(name).join("expected.safetensors"), &Device::Cpu)
         .unwrap()
-        .get_f32(tensor)
-        .unwrap()
+        .get_unshaped(tensor)
+        .unwrap();
+    (t.to_vec().unwrap(), t.shape().to_vec())
 }
 
 /// Cosine similarity of two vectors, in f64.

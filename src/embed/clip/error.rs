@@ -39,16 +39,6 @@ pub enum ClipError {
         /// The tokenizers crate's message, or what does not fit the model.
         reason: String,
     },
-    /// A checkpoint tensor is missing or has another shape than the config implies.
-    #[error("{}: tensor {name:?}: {reason}", path.display())]
-    Tensor {
-        /// The checkpoint (file or folder).
-        path: PathBuf,
-        /// The tensor's name in the checkpoint.
-        name: String,
-        /// What is wrong, with both shapes when it is a shape.
-        reason: String,
-    },
     /// An input the model cannot take (an empty batch, ids beyond the vocabulary, pixels of the
     /// wrong size).
     #[error("{0}")]
@@ -67,6 +57,7 @@ impl ClipError {
                 e,
                 TensorError::Io { .. }
                     | TensorError::Weights { .. }
+                    | TensorError::WeightShape { .. }
                     | TensorError::MissingTensor { .. }
             ),
             _ => true,

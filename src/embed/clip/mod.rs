@@ -14,7 +14,7 @@
 //! - `config.rs` — [`ClipConfig`] from `config.json`.
 //! - `tokenizer.rs` — [`ClipTokenizer`] from `tokenizer.json`.
 //! - `preprocess.rs` — [`ImageProcessor`] from `preprocessor_config.json`.
-//! - `layers.rs` — the checkpoint [`Scope`] and the layers; `encoder.rs` — the pre-LN blocks.
+//! - `encoder.rs` — the pre-LN blocks, on the runtime's layer kit (`tensor::nn`).
 //! - `text.rs`, `vision.rs` — the towers; here — [`ClipModel`]: both towers, the projections and
 //!   the L2 normalisation.
 //!
@@ -24,7 +24,6 @@
 mod config;
 mod encoder;
 mod error;
-mod layers;
 mod preprocess;
 mod text;
 mod tokenizer;
@@ -34,17 +33,26 @@ use std::path::{Path, PathBuf};
 
 use image::DynamicImage;
 
+use crate::tensor::nn::Linear;
 use crate::tensor::{Device, Tensor, Weights};
 
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use error::ClipError;
-pub use layers::{Scope, WeightPrecision};
 pub use preprocess::{ImageProcessor, Resample, ResizeTo};
 pub use text::{TextOutput, TextTransformer};
 pub use tokenizer::{ClipTokenizer, Padding, TokenBatch};
 pub use vision::VisionTransformer;
 
-use layers::Linear;
+/// How weight matrices are kept. Norms, biases and positions stay f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightPrecision {
+    /// As stored, widened to f32.
+    #[default]
+    F32,
+    /// `Linear`, `Conv2d` and `Embedding` weights in f16 on a GPU (half the memory and
+    /// bandwidth; the kernels accumulate in f32). The CPU backend keeps them as stored.
+    F16,
+}
 
 /// transformers' `CLIPModel`, with the tokenizer and the image processor of its folder.
 pub struct ClipModel {
@@ -89,21 +97,22 @@ impl ClipModel {
             config.text.eos_token_id,
         )?;
         let processor = ImageProcessor::from_file(folder.join("preprocessor_config.json"))?;
-        let weights = Weights::open(&folder)?;
-        let vb = Scope::new(&weights, &folder, device.clone(), precision);
+        let vb = Weights::open(&folder, &device)?.with_f16(precision == WeightPrecision::F16);
         let proj = config.projection_dim;
         Ok(ClipModel {
-            text_model: TextTransformer::new(&vb.pp("text_model"), &config.text)?,
-            vision_model: VisionTransformer::new(&vb.pp("vision_model"), &config.vision)?,
-            text_projection: Linear::no_bias(
-                &vb.pp("text_projection"),
+            text_model: TextTransformer::new(vb.pp("text_model"), &config.text)?,
+            vision_model: VisionTransformer::new(vb.pp("vision_model"), &config.vision)?,
+            text_projection: Linear::new(
+                vb.pp("text_projection"),
                 config.text.hidden_size,
                 proj,
+                false,
             )?,
-            visual_projection: Linear::no_bias(
-                &vb.pp("visual_projection"),
+            visual_projection: Linear::new(
+                vb.pp("visual_projection"),
                 config.vision.hidden_size,
                 proj,
+                false,
             )?,
             config,
             tokenizer,

@@ -9,12 +9,12 @@
 //!
 //! Not here: tokenisation (`tokenizer.rs`), the projection (`mod.rs`).
 
-use crate::tensor::Tensor;
+use crate::tensor::nn::{Embedding, LayerNorm};
+use crate::tensor::{Tensor, Weights};
 
 use super::config::ClipTextConfig;
 use super::encoder::{Encoder, EncoderShape};
 use super::error::ClipError;
-use super::layers::{Embedding, LayerNorm, Scope};
 use super::tokenizer::TokenBatch;
 
 /// What the text tower gives.
@@ -34,20 +34,17 @@ pub struct TextTransformer {
     final_layer_norm: LayerNorm,
 }
 
-/// Added to a score to hide a key; the kernels clamp at −1e30, so this cannot overflow.
-const HIDDEN: f32 = -1.0e30;
-
 impl TextTransformer {
     /// Loads `embeddings.*`, `encoder.*`, `final_layer_norm.*` of `vb` (`text_model`).
     ///
     /// # Errors
     /// A missing or mis-shaped tensor, named.
-    pub fn new(vb: &Scope<'_>, config: &ClipTextConfig) -> Result<TextTransformer, ClipError> {
+    pub fn new(vb: Weights, config: &ClipTextConfig) -> Result<TextTransformer, ClipError> {
         let d = config.hidden_size;
         let embeddings = vb.pp("embeddings");
         Ok(TextTransformer {
             token_embedding: Embedding::new(
-                &embeddings.pp("token_embedding"),
+                embeddings.pp("token_embedding"),
                 config.vocab_size,
                 d,
             )?,
@@ -55,7 +52,7 @@ impl TextTransformer {
                 .pp("position_embedding")
                 .get("weight", &[config.max_position_embeddings, d])?,
             encoder: Encoder::new(
-                &vb.pp("encoder"),
+                vb.pp("encoder"),
                 EncoderShape {
                     width: d,
                     mlp_width: config.intermediate_size,
@@ -65,7 +62,7 @@ impl TextTransformer {
                     eps: config.layer_norm_eps,
                 },
             )?,
-            final_layer_norm: LayerNorm::new(&vb.pp("final_layer_norm"), d, config.layer_norm_eps)?,
+            final_layer_norm: LayerNorm::new(vb.pp("final_layer_norm"), d, config.layer_norm_eps)?,
             config: config.clone(),
         })
     }
@@ -125,8 +122,8 @@ impl TextTransformer {
         }
     }
 
-    /// The additive mask hiding padded keys from every query, one `[L, L]` per text and head
-    /// (`None` when nothing is padded: the causal flag is then enough).
+    /// transformers' `attention_mask` as the kernel's key mask `[B, L]` (0 hides a padded key
+    /// from every query and head); `None` when nothing is padded.
     fn padding_mask(
         &self,
         tokens: &TokenBatch,
@@ -135,20 +132,10 @@ impl TextTransformer {
         if tokens.mask.iter().all(|&m| m != 0) {
             return Ok(None);
         }
-        let (l, heads) = (tokens.len, self.config.num_attention_heads);
-        let mut mask = Vec::with_capacity(tokens.batch * heads * l * l);
-        for row in tokens.mask.chunks(l) {
-            let keys: Vec<f32> = row
-                .iter()
-                .map(|&m| if m == 0 { HIDDEN } else { 0.0 })
-                .collect();
-            for _ in 0..heads * l {
-                mask.extend_from_slice(&keys);
-            }
-        }
+        let keep: Vec<f32> = tokens.mask.iter().map(|&m| (m != 0) as u8 as f32).collect();
         Ok(Some(Tensor::from_vec(
-            mask,
-            &[tokens.batch * heads, l, l],
+            keep,
+            &[tokens.batch, tokens.len],
             &device,
         )?))
     }

@@ -4,18 +4,18 @@
 //!
 //! Not here: image preprocessing (`preprocess.rs`), the projection (`mod.rs`).
 
-use crate::tensor::Tensor;
+use crate::tensor::nn::{Conv2d, LayerNorm};
+use crate::tensor::{Tensor, Weights};
 
 use super::config::ClipVisionConfig;
 use super::encoder::{Encoder, EncoderShape};
 use super::error::ClipError;
-use super::layers::{LayerNorm, Scope};
 
 /// `CLIPVisionTransformer` (`vision_model.*`).
 pub struct VisionTransformer {
     config: ClipVisionConfig,
     class_embedding: Tensor,
-    patch_embedding: Tensor,
+    patch_embedding: Conv2d,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
     encoder: Encoder,
@@ -28,7 +28,7 @@ impl VisionTransformer {
     ///
     /// # Errors
     /// A missing or mis-shaped tensor, named.
-    pub fn new(vb: &Scope<'_>, config: &ClipVisionConfig) -> Result<VisionTransformer, ClipError> {
+    pub fn new(vb: Weights, config: &ClipVisionConfig) -> Result<VisionTransformer, ClipError> {
         let d = config.hidden_size;
         let (p, c) = (config.patch_size, config.num_channels);
         let positions = config.patches_per_side().pow(2) + 1;
@@ -37,16 +37,14 @@ impl VisionTransformer {
             class_embedding: embeddings
                 .get("class_embedding", &[d])?
                 .reshape(&[1, 1, d])?,
-            patch_embedding: embeddings
-                .pp("patch_embedding")
-                .get_weight("weight", &[d, c, p, p])?,
+            patch_embedding: Conv2d::new(embeddings.pp("patch_embedding"), c, d, p, p, 0, false)?,
             position_embedding: embeddings
                 .pp("position_embedding")
                 .get("weight", &[positions, d])?
                 .reshape(&[1, positions, d])?,
-            pre_layrnorm: LayerNorm::new(&vb.pp("pre_layrnorm"), d, config.layer_norm_eps)?,
+            pre_layrnorm: LayerNorm::new(vb.pp("pre_layrnorm"), d, config.layer_norm_eps)?,
             encoder: Encoder::new(
-                &vb.pp("encoder"),
+                vb.pp("encoder"),
                 EncoderShape {
                     width: d,
                     mlp_width: config.intermediate_size,
@@ -56,7 +54,7 @@ impl VisionTransformer {
                     eps: config.layer_norm_eps,
                 },
             )?,
-            post_layernorm: LayerNorm::new(&vb.pp("post_layernorm"), d, config.layer_norm_eps)?,
+            post_layernorm: LayerNorm::new(vb.pp("post_layernorm"), d, config.layer_norm_eps)?,
             config: config.clone(),
         })
     }
@@ -84,8 +82,9 @@ impl VisionTransformer {
         }
         let (d, g) = (c.hidden_size, c.patches_per_side());
         // Figure order: patches, class token, positions, pre-norm, encoder, class token, post-norm.
-        let patches = pixel_values
-            .conv2d(&self.patch_embedding, None, c.patch_size, 0)?
+        let patches = self
+            .patch_embedding
+            .forward(pixel_values)?
             .reshape(&[n, d, g * g])?
             .transpose(1, 2)?;
         let class =
@@ -94,6 +93,6 @@ impl VisionTransformer {
         let x = self.pre_layrnorm.forward(&x)?;
         let x = self.encoder.forward(&x, None, false)?;
         let class_token = x.narrow(1, 0, 1)?.reshape(&[n, d])?;
-        self.post_layernorm.forward(&class_token)
+        Ok(self.post_layernorm.forward(&class_token)?)
     }
 }
