@@ -99,7 +99,8 @@ pub struct ImageProcessor {
 
 /// OpenAI's CLIP mean and std (transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`).
 const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+// transformers writes 0.26130258 and 0.27577711; these are the same f32 values.
+const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 #[derive(Deserialize)]
 #[serde(untagged)]
