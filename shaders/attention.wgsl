@@ -1,12 +1,16 @@
 // Scaled dot-product attention with an online softmax (flash-style): out = softmax(q·kᵀ·scale +
-// mask) · v, for q [B, Lq, D], k [B, Lk, D], v [B, Lk, Dv]. The Lq × Lk score matrix is never
-// stored: each invocation owns one query row, walks the keys in blocks of 16 staged in workgroup
-// memory (2 × 16 × 128 × 4 B = 16 KiB), and keeps a running maximum, a running sum and the
-// output row in registers, rescaling them once per block.
+// mask) · v, for each of H heads side by side in the last axis: q [B, Lq, H·D], k [B, Lk, H·D],
+// v [B, Lk, H·Dv], out [B, Lq, H·Dv] (H = 1 for heads folded into B). Each head is read in
+// place through the row strides H·D and H·Dv. The Lq × Lk score matrix is never stored: each
+// invocation owns one query row, walks the keys in blocks of 16 staged in workgroup memory
+// (2 × 16 × 128 × 4 B = 16 KiB), and keeps a running maximum, a running sum and the output row
+// in registers, rescaling them once per block. One grid row (y) per (batch, head).
 //
-// The optional additive mask is [Bm, Lq, Lk] with Bm = 1 (shared) or B; `causal` hides keys
-// j > i. Scores are clamped at -1e30, so a row whose keys are all masked averages v uniformly
-// (the CPU backend does the same). D and Dv are at most 128.
+// The optional mask is either additive (`mask_kind` 1, [Bm, Lq, Lk] with Bm = 1 or B) or a
+// key-padding mask (`mask_kind` 2, [B, Lk], shared by heads and queries: 0 hides a key); its
+// element for (b, i, j) is at b · mask_batch_stride + i · mask_row_stride + j. `causal` hides
+// keys j > i. Scores are clamped at -1e30, so a row whose keys are all masked averages v
+// uniformly (the CPU backend does the same). D and Dv are at most 128.
 
 struct Params {
     lq: u32,
@@ -15,8 +19,12 @@ struct Params {
     dv: u32,
     scale: f32,
     causal: u32,
-    mask_batches: u32,
-    _pad: u32,
+    heads: u32,
+    mask_kind: u32,
+    mask_batch_stride: u32,
+    mask_row_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
@@ -39,7 +47,10 @@ fn attention(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let batch = wid.y;
+    let batch = wid.y / p.heads;
+    let head = wid.y % p.heads;
+    let qk_row = p.heads * p.d;
+    let v_row = p.heads * p.dv;
     let i = wid.x * QUERIES + li;
     let in_range = i < p.lq;
 
@@ -50,17 +61,16 @@ fn attention(
         qrow[c] = 0.0;
     }
     if (in_range) {
-        let q_base = (batch * p.lq + i) * p.d;
+        let q_base = (batch * p.lq + i) * qk_row + head * p.d;
         for (var c = 0u; c < p.d; c++) {
             qrow[c] = q[q_base + c] * p.scale;
         }
     }
     var running_max = FLOOR;
     var running_sum = 0.0;
-    var mask_base = 0u;
-    if (p.mask_batches > 1u) {
-        mask_base = batch * p.lq * p.lk;
-    }
+    let mask_base = batch * p.mask_batch_stride + i * p.mask_row_stride;
+    let k_base = batch * p.lk * qk_row + head * p.d;
+    let v_base = batch * p.lk * v_row + head * p.dv;
 
     let blocks = (p.lk + KEYS - 1u) / KEYS;
     for (var blk = 0u; blk < blocks; blk++) {
@@ -69,7 +79,7 @@ fn attention(
             let j = j0 + e / p.d;
             var val = 0.0;
             if (j < p.lk) {
-                val = k[(batch * p.lk + j) * p.d + e % p.d];
+                val = k[k_base + j * qk_row + e % p.d];
             }
             k_block[e] = val;
         }
@@ -77,7 +87,7 @@ fn attention(
             let j = j0 + e / p.dv;
             var val = 0.0;
             if (j < p.lk) {
-                val = v[(batch * p.lk + j) * p.dv + e % p.dv];
+                val = v[v_base + j * v_row + e % p.dv];
             }
             v_block[e] = val;
         }
@@ -93,10 +103,13 @@ fn attention(
                     for (var c = 0u; c < p.d; c++) {
                         score = fma(qrow[c], k_block[jj * p.d + c], score);
                     }
-                    if (p.mask_batches > 0u) {
-                        score += mask[mask_base + i * p.lk + j];
+                    if (p.mask_kind == 1u) {
+                        score += mask[mask_base + j];
                     }
                     s = max(score, FLOOR);
+                    if (p.mask_kind == 2u && mask[mask_base + j] == 0.0) {
+                        s = FLOOR;
+                    }
                     if (p.causal == 1u && j > i) {
                         s = FLOOR;
                     }
@@ -125,7 +138,7 @@ fn attention(
     }
 
     if (in_range) {
-        let o_base = (batch * p.lq + i) * p.dv;
+        let o_base = (batch * p.lq + i) * v_row + head * p.dv;
         let inv = 1.0 / running_sum;
         for (var c = 0u; c < p.dv; c++) {
             out[o_base + c] = acc[c] * inv;

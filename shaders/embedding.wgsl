@@ -7,7 +7,11 @@ struct TimestepParams {
     batch: u32,
     dim: u32,
     max_period: f32,
-    _pad: u32,
+    flip_sin_to_cos: u32,
+    freq_shift: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> t: array<f32>;
@@ -30,9 +34,10 @@ fn timestep(
     var v = 0.0;
     if (c < 2u * half_dim) {
         let j = c % half_dim;
-        let freq = exp(-log(tp.max_period) * f32(j) / f32(half_dim));
+        let freq = exp(-log(tp.max_period) * f32(j) / (f32(half_dim) - tp.freq_shift));
         let arg = t[b] * freq;
-        if (c < half_dim) {
+        // The first half is sin unless flipped.
+        if ((c < half_dim) == (tp.flip_sin_to_cos == 1u)) {
             v = cos(arg);
         } else {
             v = sin(arg);

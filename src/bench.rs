@@ -245,6 +245,17 @@ impl Embedder for TableEmbedder {
         DIM
     }
 
+    fn embed_images(
+        &self,
+        images: &[DynamicImage],
+    ) -> std::result::Result<Vec<Vec<f32>>, ModelError> {
+        images.iter().map(|i| self.embed_image(i)).collect()
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, ModelError> {
+        texts.iter().map(|t| self.embed_text(t)).collect()
+    }
+
     fn embed_image(&self, image: &DynamicImage) -> std::result::Result<Vec<f32>, ModelError> {
         let px = image.to_rgb8();
         let p = px.get_pixel(0, 0).0;

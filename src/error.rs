@@ -158,6 +158,24 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+    /// The KB's configured model is not the one its vectors come from.
+    #[error(
+        "the knowledge base's vectors come from `{stored}`, but kb.toml names the model `{configured}`; run `reimagen reembed` (BM25 search works meanwhile)"
+    )]
+    StaleEmbeddings {
+        /// The embedder id recorded in the store.
+        stored: String,
+        /// The id of the model kb.toml names.
+        configured: String,
+    },
+    /// The CLIP model could not be loaded or run.
+    #[error("CLIP model `{model}`: {source}")]
+    Clip {
+        /// The embedder id, or the model folder when it did not load.
+        model: String,
+        /// What went wrong.
+        source: crate::embed::clip::ClipError,
+    },
 }
 
 /// The crate's error: every public function returns it.
@@ -210,6 +228,9 @@ impl Error {
     /// True when the error is about something the user gave (a file, a caption, a query, an id),
     /// false when something broke inside.
     pub fn is_user_error(&self) -> bool {
+        if let Error::Model(ModelError::Clip { source, .. }) = self {
+            return source.is_user_error();
+        }
         matches!(
             self,
             Error::Ingest(_)
@@ -217,7 +238,11 @@ impl Error {
                 | Error::NotFound(_)
                 | Error::Ambiguous(_)
                 | Error::Config { .. }
-                | Error::Model(ModelError::NoEmbedder { .. } | ModelError::EmbedderMismatch { .. })
+                | Error::Model(
+                    ModelError::NoEmbedder { .. }
+                        | ModelError::EmbedderMismatch { .. }
+                        | ModelError::StaleEmbeddings { .. }
+                )
                 | Error::Store(StoreError::TooNew { .. } | StoreError::Locked { .. })
                 | Error::Watch(
                     crate::watch::WatchError::BadRoot { .. }

@@ -13,7 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::Embedder;
+use crate::embed::clip::WeightPrecision;
+use crate::embed::{ClipEmbedder, Embedder};
 use crate::error::{Error, IngestError, ModelError, Result, StoreError, io_err};
 use crate::ingest::{self, CaptionRules, DecodeLimits, DecodedImage, PairText};
 use crate::search::{self, Hit, Query, QueryImage, Ranked, Retriever, SearchMode};
@@ -48,6 +49,29 @@ pub struct KbConfig {
 
 fn one() -> u32 {
     1
+}
+
+impl KbConfig {
+    /// Reads `dir/kb.toml` without opening (or locking) the KB; `None` when there is none.
+    ///
+    /// # Errors
+    /// An unreadable or malformed file.
+    pub fn read(dir: &Path) -> Result<Option<KbConfig>> {
+        let path = dir.join(CONFIG_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let raw = fs::read_to_string(&path).map_err(io_err(&path))?;
+        toml::from_str(&raw).map(Some).map_err(|e| Error::Config {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The embedder model folder, a relative path taken from the KB directory `dir`.
+    pub fn embedder_folder(&self, dir: &Path) -> Option<PathBuf> {
+        self.embedder_model.as_ref().map(|m| dir.join(m))
+    }
 }
 
 /// A pair to add.
@@ -231,6 +255,18 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// What a re-embedding did ([`KnowledgeBase::reembed`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReembedReport {
+    /// The embedder whose vectors the KB now holds.
+    pub embedder: String,
+    /// Pairs re-embedded.
+    pub embedded: usize,
+    /// Pairs that could not be (hex id, reason); while any remain the KB keeps refusing CLIP
+    /// search, and a second run retries them.
+    pub failed: Vec<(String, String)>,
+}
+
 /// What an import did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ImportReport {
@@ -380,6 +416,8 @@ pub struct Builder {
     dir: PathBuf,
     create: bool,
     embedder: Option<Arc<dyn Embedder>>,
+    embedder_model: Option<PathBuf>,
+    load_configured_embedder: bool,
     limits: DecodeLimits,
     captions: CaptionRules,
     hnsw: HnswParams,
@@ -415,9 +453,23 @@ impl Builder {
         self
     }
 
-    /// Uses this embedder for images and query texts.
+    /// Uses this embedder for images and query texts (instead of the model `kb.toml` names).
     pub fn embedder(mut self, embedder: Arc<dyn Embedder>) -> Builder {
         self.embedder = Some(embedder);
+        self
+    }
+
+    /// Records `folder` (a CLIP model in transformers' layout) as the KB's embedder in
+    /// `kb.toml`, which every later open then loads: what `reimagen init --embedder` does.
+    pub fn embedder_model(mut self, folder: impl Into<PathBuf>) -> Builder {
+        self.embedder_model = Some(folder.into());
+        self
+    }
+
+    /// Whether, when no embedder is given, the model `kb.toml` names is used ([`ClipEmbedder::lazy`]:
+    /// its weights load on the first embedding). By default, true.
+    pub fn load_configured_embedder(mut self, load: bool) -> Builder {
+        self.load_configured_embedder = load;
         self
     }
 
@@ -493,18 +545,57 @@ impl Builder {
             }
             .into());
         }
+        let mut config = config;
+        let record_model = self
+            .embedder_model
+            .filter(|m| config.embedder_model.as_ref() != Some(m));
+        if let Some(model) = &record_model {
+            config.embedder_model = Some(model.clone());
+        }
         let store = Arc::new(Store::open(&dir.join("store"), self.map_size)?);
-        if let Some(embedder) = &self.embedder {
+        let (stored, pair_count) = {
             let rtxn = store.read()?;
-            if let Some(stored) = store.embedder_id(&rtxn)?
-                && stored != embedder.id()
-            {
-                return Err(ModelError::EmbedderMismatch {
-                    stored,
-                    given: embedder.id(),
+            (store.embedder_id(&rtxn)?, store.pair_count(&rtxn)?)
+        };
+        let mut stale = None;
+        let embedder = match (self.embedder, &config.embedder_model) {
+            (Some(embedder), _) => {
+                if let Some(stored) = stored
+                    && stored != embedder.id()
+                {
+                    return Err(ModelError::EmbedderMismatch {
+                        stored,
+                        given: embedder.id(),
+                    }
+                    .into());
                 }
-                .into());
+                Some(embedder)
             }
+            (None, Some(model)) if self.load_configured_embedder => {
+                let folder = dir.join(model);
+                let embedder =
+                    ClipEmbedder::lazy(&folder, WeightPrecision::F32).map_err(|source| {
+                        ModelError::Clip {
+                            model: folder.display().to_string(),
+                            source,
+                        }
+                    })?;
+                // A model changed under a KB leaves it searchable by BM25; CLIP search waits
+                // for `reembed`, so two models' vectors are never ranked together.
+                stale = match stored {
+                    Some(s) if s != embedder.id() => Some(s),
+                    // Pairs added before any embedder have no vectors at all.
+                    None if pair_count > 0 => Some("no embedder".to_string()),
+                    _ => None,
+                };
+                Some(Arc::new(embedder) as Arc<dyn Embedder>)
+            }
+            (None, _) => None,
+        };
+        // Recorded only once the model has loaded, so a bad folder leaves kb.toml as it was.
+        if record_model.is_some() {
+            let text = toml::to_string(&config).expect("config serializes");
+            fs::write(&config_path, text).map_err(io_err(&config_path))?;
         }
         let vectors = dir.join("vector-index");
         fs::create_dir_all(&vectors).map_err(io_err(&vectors))?;
@@ -524,7 +615,8 @@ impl Builder {
             store,
             indices,
             writer: Some(writer),
-            embedder: self.embedder,
+            embedder,
+            stale_embeddings: std::sync::Mutex::new(stale),
             limits: self.limits,
             captions: self.captions,
             _lock: lock,
@@ -543,6 +635,8 @@ pub struct KnowledgeBase {
     indices: Arc<Indices>,
     writer: Option<Writer>,
     embedder: Option<Arc<dyn Embedder>>,
+    /// The embedder id the store's vectors come from, when it is not `embedder`'s.
+    stale_embeddings: std::sync::Mutex<Option<String>>,
     limits: DecodeLimits,
     captions: CaptionRules,
     _lock: fs::File,
@@ -564,6 +658,8 @@ impl KnowledgeBase {
             dir: dir.into(),
             create: false,
             embedder: None,
+            embedder_model: None,
+            load_configured_embedder: true,
             limits: DecodeLimits::default(),
             captions: CaptionRules::default(),
             hnsw: HnswParams::default(),
@@ -610,8 +706,25 @@ impl KnowledgeBase {
     /// Adds many pairs: decoding, hashing and embedding run in parallel, and the writes share
     /// transactions. Results come back in input order; a bad pair does not stop the others.
     pub fn add_many(&self, pairs: Vec<NewPair>) -> Vec<Result<AddOutcome>> {
-        let prepared: Vec<Result<NewRecord>> =
-            pairs.into_par_iter().map(|p| self.prepare(p)).collect();
+        let prepared: Vec<Result<NewRecord>> = match &self.embedder {
+            None => pairs
+                .into_par_iter()
+                .map(|p| Ok(self.prepare(p)?.0))
+                .collect(),
+            // Decoding runs in parallel a batch at a time; the embedder then runs one forward
+            // per batch (its ops are parallel inside) instead of one per pair from many threads.
+            Some(embedder) => {
+                let mut prepared = Vec::with_capacity(pairs.len());
+                let mut pairs = pairs.into_iter().peekable();
+                while pairs.peek().is_some() {
+                    let chunk: Vec<NewPair> =
+                        pairs.by_ref().take(embedder.batch_size().max(1)).collect();
+                    let decoded: Vec<_> = chunk.into_par_iter().map(|p| self.prepare(p)).collect();
+                    prepared.extend(embed_batch(embedder.as_ref(), decoded));
+                }
+                prepared
+            }
+        };
         let mut slots: Vec<Option<Result<AddOutcome>>> = Vec::with_capacity(prepared.len());
         let mut ops = Vec::new();
         for p in prepared {
@@ -637,7 +750,9 @@ impl KnowledgeBase {
             .collect()
     }
 
-    fn prepare(&self, pair: NewPair) -> Result<NewRecord> {
+    /// Cleans the text and decodes the image of a pair into its record, without embeddings;
+    /// the decoded image comes along for the embedder.
+    fn prepare(&self, pair: NewPair) -> Result<(NewRecord, image::DynamicImage)> {
         let name = pair.name();
         let caption = self.captions.clean(&pair.text.caption, &name)?;
         let entity = match &pair.text.entity {
@@ -682,12 +797,7 @@ impl KnowledgeBase {
             image,
             format,
         } = decoded;
-        let mut embeddings = Vec::new();
-        if let Some(embedder) = &self.embedder {
-            embeddings.push((EmbeddingKind::Image, embedder.embed_image(&image)?));
-            embeddings.push((EmbeddingKind::Text, embedder.embed_text(&caption)?));
-        }
-        Ok(NewRecord {
+        let record = NewRecord {
             pair: PairRecord {
                 id,
                 doc: 0,
@@ -704,10 +814,11 @@ impl KnowledgeBase {
             },
             thumbnail: ingest::thumbnail(&image),
             image: bytes,
-            embeddings,
+            embeddings: Vec::new(),
             path,
             embedder: self.embedder.as_ref().map(|e| e.id()),
-        })
+        };
+        Ok((record, image))
     }
 
     /// Imports every image under `dir` (recursively, not following links) with the caption
@@ -916,6 +1027,7 @@ impl KnowledgeBase {
             entity: text.entity,
             tags: text.tags,
             text_embedding,
+            image_embedding: None,
         })
     }
 
@@ -1124,12 +1236,120 @@ impl KnowledgeBase {
     }
 
     fn embedder_for(&self, mode: SearchMode) -> Result<&Arc<dyn Embedder>> {
-        self.embedder.as_ref().ok_or_else(|| {
-            ModelError::NoEmbedder {
+        let embedder = self
+            .embedder
+            .as_ref()
+            .ok_or_else(|| ModelError::NoEmbedder {
                 mode: mode.to_string(),
+            })?;
+        if let Some(stored) = self.stale_embeddings() {
+            return Err(ModelError::StaleEmbeddings {
+                stored,
+                configured: embedder.id(),
             }
-            .into()
-        })
+            .into());
+        }
+        Ok(embedder)
+    }
+
+    /// The embedder id the stored vectors come from, when the configured model is another one
+    /// (the KB then needs [`KnowledgeBase::reembed`] before CLIP search works again).
+    pub fn stale_embeddings(&self) -> Option<String> {
+        self.stale_embeddings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Embeds every pair again with the KB's embedder, a batch at a time, then records that
+    /// embedder as the store's: what a KB whose model changed needs. BM25 search keeps working
+    /// throughout; CLIP search is refused until every pair is done. `progress` is called after
+    /// each batch.
+    ///
+    /// # Errors
+    /// No embedder, or a store failure. A pair whose image no longer decodes or embeds is listed
+    /// in the report instead.
+    pub fn reembed(&self, progress: &dyn Fn(Progress)) -> Result<ReembedReport> {
+        let embedder = self
+            .embedder
+            .clone()
+            .ok_or_else(|| ModelError::NoEmbedder {
+                mode: "reembed".into(),
+            })?;
+        let pairs = self.list()?;
+        let total = pairs.len() as u64;
+        let mut report = ReembedReport {
+            embedder: embedder.id(),
+            ..ReembedReport::default()
+        };
+        progress(Progress { done: 0, total });
+        let mut done = 0;
+        for chunk in pairs.chunks(embedder.batch_size().max(1)) {
+            let decoded: Vec<Result<image::DynamicImage>> = chunk
+                .par_iter()
+                .map(|p| {
+                    let bytes = self
+                        .image_bytes(&p.id)?
+                        .ok_or_else(|| Error::NotFound(p.id.to_hex()))?;
+                    Ok(
+                        ingest::decode_image(&PathBuf::from(p.id.to_hex()), bytes, &self.limits)?
+                            .image,
+                    )
+                })
+                .collect();
+            let mut ops = Vec::new();
+            let mut ready = Vec::new();
+            let mut images = Vec::new();
+            for (pair, image) in chunk.iter().zip(decoded) {
+                match image {
+                    Ok(image) => {
+                        ready.push(pair);
+                        images.push(image);
+                    }
+                    Err(e) => report.failed.push((pair.id.to_hex(), e.to_string())),
+                }
+            }
+            let captions: Vec<&str> = ready.iter().map(|p| p.caption.as_str()).collect();
+            match embedder
+                .embed_images(&images)
+                .and_then(|i| Ok((i, embedder.embed_texts(&captions)?)))
+            {
+                Ok((image_vectors, text_vectors)) => {
+                    for ((pair, i), t) in ready.iter().zip(image_vectors).zip(text_vectors) {
+                        ops.push(WriteOp::Update {
+                            id: pair.id,
+                            caption: pair.caption.clone(),
+                            entity: pair.entity.clone(),
+                            tags: pair.tags.clone(),
+                            text_embedding: Some(t),
+                            image_embedding: Some(i),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    report
+                        .failed
+                        .extend(ready.iter().map(|p| (p.id.to_hex(), reason.clone())));
+                }
+            }
+            for outcome in self.writer().submit_many(ops) {
+                match outcome {
+                    Ok(_) => report.embedded += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            done += chunk.len() as u64;
+            progress(Progress { done, total });
+        }
+        if report.failed.is_empty() {
+            self.writer().submit(WriteOp::SetEmbedder(embedder.id()))?;
+            *self
+                .stale_embeddings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        Ok(report)
     }
 
     fn bm25_search(&self, text: &str, query: &Query, fetch: usize) -> Result<Ranked> {
@@ -1452,6 +1672,60 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Embeds the images and captions of a batch of prepared pairs in one call each. When the batch
+/// call fails, each pair is embedded alone, so the error lands on the pair that caused it.
+fn embed_batch(
+    embedder: &dyn Embedder,
+    prepared: Vec<Result<(NewRecord, image::DynamicImage)>>,
+) -> Vec<Result<NewRecord>> {
+    let (mut records, mut images) = (Vec::new(), Vec::new());
+    let mut slots = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        match p {
+            Ok((record, image)) => {
+                records.push(record);
+                images.push(image);
+                slots.push(None);
+            }
+            Err(e) => slots.push(Some(Err(e))),
+        }
+    }
+    let captions: Vec<&str> = records.iter().map(|r| r.pair.caption.as_str()).collect();
+    let vectors = embedder.embed_images(&images).and_then(|i| {
+        let t = embedder.embed_texts(&captions)?;
+        Ok((i, t))
+    });
+    let mut embedded: Vec<Result<NewRecord>> = match vectors {
+        Ok((image_vectors, text_vectors))
+            if image_vectors.len() == records.len() && text_vectors.len() == records.len() =>
+        {
+            records
+                .into_iter()
+                .zip(image_vectors.into_iter().zip(text_vectors))
+                .map(|(mut r, (i, t))| {
+                    r.embeddings = vec![(EmbeddingKind::Image, i), (EmbeddingKind::Text, t)];
+                    Ok(r)
+                })
+                .collect()
+        }
+        _ => records
+            .into_iter()
+            .zip(&images)
+            .map(|(mut r, image)| {
+                let i = embedder.embed_image(image)?;
+                let t = embedder.embed_text(&r.pair.caption)?;
+                r.embeddings = vec![(EmbeddingKind::Image, i), (EmbeddingKind::Text, t)];
+                Ok(r)
+            })
+            .collect(),
+    };
+    embedded.reverse();
+    slots
+        .into_iter()
+        .map(|slot| slot.unwrap_or_else(|| embedded.pop().expect("one record per slot")))
+        .collect()
 }
 
 #[cfg(test)]

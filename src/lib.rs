@@ -41,12 +41,12 @@ pub mod transfer;
 pub mod vector;
 pub mod watch;
 
-pub use embed::Embedder;
+pub use embed::{ClipEmbedder, Embedder};
 pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
 pub use ingest::{CaptionRules, DecodeLimits, PairText};
 pub use kb::{
     AddOutcome, Builder, CheckReport, EntitySummary, ImageSource, ImportReport, KbConfig,
-    KnowledgeBase, NewPair, Pair, PathOp, PathOpOutcome, Progress, Stats,
+    KnowledgeBase, NewPair, Pair, PathOp, PathOpOutcome, Progress, ReembedReport, Stats,
 };
 pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, SearchMode};
 pub use store::records::{ImageId, PathRecord, QuarantineRecord};

@@ -199,32 +199,6 @@ fn device_choice_parses_and_auto_prefers_the_cpu_backend_over_a_cpu_adapter() {
     assert!(report.to_string().contains("auto picks"));
 }
 
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-        .collect()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|&x| x.to_le_bytes()).collect()
-}
-
-fn write_safetensors(
-    path: &std::path::Path,
-    tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)],
-) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.to_string(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
 #[test]
 fn safetensors_single_and_sharded_f32_and_f16() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,34 +217,29 @@ fn safetensors_single_and_sharded_f32_and_f16() {
             ("proj.bias", safetensors::Dtype::F32, vec![3], f32_bytes(&b)),
         ],
     );
-    let weights = Weights::open(&single).unwrap();
+    let weights = Weights::open(&single, &Device::Cpu).unwrap();
     assert_eq!(weights.names(), ["proj.bias", "proj.weight"]);
     assert_eq!(
         weights.info("proj.weight").unwrap(),
         (WeightsDtype::F16, vec![3, 4])
     );
     for dev in [Device::Cpu, gpu()] {
-        let t = weights.tensor_shaped("proj.weight", &[3, 4], &dev).unwrap();
-        let want: Vec<f64> = w.iter().map(|&x| x as f64).collect();
-        // f16 storage: 11-bit mantissa.
-        assert_elementwise("f16 weight", &got(&t), &want, 1e-3, 1e-3);
-        assert_eq!(
-            weights.tensor("proj.bias", &dev).unwrap().to_vec().unwrap(),
-            b
-        );
+        let weights = weights.with_device(&dev);
+        let t = weights.get("proj.weight", &[3, 4]).unwrap();
+        let want: Vec<f64> = w.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect();
+        // f16 in the file: widened exactly.
+        assert_eq!(got(&t), want, "f16 weight widened");
+        assert_eq!(weights.get("proj.bias", &[3]).unwrap().to_vec().unwrap(), b);
     }
-    let e = weights
-        .tensor_shaped("proj.weight", &[4, 3], &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let e = weights.get("proj.weight", &[4, 3]).unwrap_err().to_string();
     assert!(
-        e.contains("proj.weight") && e.contains("[4, 3]") && e.contains("single.safetensors"),
+        e.contains("proj.weight")
+            && e.contains("[4, 3]")
+            && e.contains("[3, 4]")
+            && e.contains("single.safetensors"),
         "{e}"
     );
-    let e = weights
-        .tensor("missing", &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let e = weights.get("missing", &[1]).unwrap_err().to_string();
     assert!(
         e.contains("missing") && e.contains("single.safetensors"),
         "{e}"
@@ -309,17 +278,20 @@ fn safetensors_single_and_sharded_f32_and_f16() {
         serde_json::to_vec(&index).unwrap(),
     )
     .unwrap();
-    let sharded = Weights::open(&shard_dir).unwrap();
+    let sharded = Weights::open(&shard_dir, &Device::Cpu).unwrap();
     assert_eq!(sharded.names(), ["a", "b"]);
     assert_eq!(
-        sharded.tensor("b", &Device::Cpu).unwrap().to_vec().unwrap(),
+        sharded.get("b", &[1, 2]).unwrap().to_vec().unwrap(),
         [0.5, -4.0]
     );
+    // A shape error names the shard that holds the tensor, not the index.
+    let e = sharded.get("b", &[2]).unwrap_err().to_string();
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
 
     // A corrupt file names itself.
     let bad = dir.path().join("bad.safetensors");
     std::fs::write(&bad, b"not a safetensors file").unwrap();
-    let e = Weights::open(&bad).unwrap_err().to_string();
+    let e = Weights::open(&bad, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("bad.safetensors"), "{e}");
 }
 

@@ -27,6 +27,14 @@ impl Embedder for Counting {
     fn dim(&self) -> usize {
         4
     }
+    fn embed_images(&self, images: &[DynamicImage]) -> Result<Vec<Vec<f32>>, ModelError> {
+        images.iter().map(|i| self.embed_image(i)).collect()
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        texts.iter().map(|t| self.embed_text(t)).collect()
+    }
+
     fn embed_image(&self, image: &DynamicImage) -> Result<Vec<f32>, ModelError> {
         self.images.fetch_add(1, Ordering::SeqCst);
         let px = image.to_rgb8();

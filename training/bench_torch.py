@@ -92,8 +92,9 @@ def main():
                 sync()
                 times.append(time.perf_counter() - s)
             t = sorted(times)[len(times) // 2]
+            unit = "gbps" if kind == "copy" else "gflops"
             results.append({"name": name, "kind": kind, "median_ms": t * 1e3,
-                            "rate": work(kind, d) * 1e-9 / t, "runs": len(times)})
+                            unit: work(kind, d) * 1e-9 / t, "runs": len(times)})
     report = {"torch_version": torch.__version__, "device": device,
               "threads": torch.get_num_threads(), "cases": results}
     if a.json:
@@ -101,7 +102,8 @@ def main():
     else:
         print(f"PyTorch {report['torch_version']} on {device}, {report['threads']} threads")
         for r in results:
-            print(f"{r['name']:<24} {r['rate']:8.1f} ({r['median_ms']:.2f} ms)")
+            rate = r.get("gflops", r.get("gbps"))
+            print(f"{r['name']:<24} {rate:8.1f} ({r['median_ms']:.2f} ms)")
 
 
 def serve(dev, sync, device):

@@ -18,7 +18,9 @@ devices = [d["device"] for d in runs[0]["devices"]]
 
 def rate(run, dev, case):
     src = run["torch"] if dev is None else run["devices"][dev]
-    return next(c for c in src["cases"] if c["name"] == case)
+    c = next(c for c in src["cases"] if c["name"] == case)
+    # Rates are named by unit (gflops, gbps); reports before 2026-12-02 call both "rate".
+    return {**c, "rate": c.get("gflops", c.get("gbps", c.get("rate")))}
 
 
 def med(values):

@@ -32,6 +32,33 @@ enum Command {
         /// Language of the BM25 stemmer (english, french, …, or none) [default: english].
         #[arg(long)]
         language: Option<reimagen::TextLanguage>,
+        /// A CLIP model folder (transformers' layout: config.json, model.safetensors,
+        /// tokenizer.json, preprocessor_config.json) to embed images and captions with; recorded
+        /// in kb.toml.
+        #[arg(long, value_name = "DIR")]
+        embedder: Option<PathBuf>,
+    },
+    /// Print the CLIP embedding of a text or an image: {"embedding": [...], "model", "device"}.
+    Embed {
+        /// The text.
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        text: Option<String>,
+        /// The image file.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// The model folder [default: the KB's embedder].
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Print as JSON (otherwise the id, the device and the vector, one value a line).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Embed every pair again with the model kb.toml names (after the model changed); BM25
+    /// search keeps working meanwhile.
+    Reembed {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Add images. Without --caption, the caption rules of `import` apply.
     Add {
@@ -337,13 +364,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print_report(&report, json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Init { language } = cli.command {
+    if let Command::Embed {
+        text,
+        image,
+        model,
+        json,
+    } = cli.command
+    {
+        return embed(&dir, text, image, model, json);
+    }
+    if let Command::Init { language, embedder } = cli.command {
         let existed = dir.join("kb.toml").exists();
         let mut builder = KnowledgeBase::builder(&dir)
             .create(true)
             .progress(rebuild_progress());
         if let Some(language) = language {
             builder = builder.language(language);
+        }
+        if let Some(model) = embedder {
+            let model = model
+                .canonicalize()
+                .with_context(|| format!("embedder model folder {}", model.display()))?;
+            builder = builder.embedder_model(model);
         }
         let kb = builder.open()?;
         println!(
@@ -381,9 +423,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .open()
         .with_context(|| format!("opening knowledge base {}", dir.display()))?;
     match cli.command {
-        Command::Init { .. } | Command::Bench(_) | Command::Doctor { .. } => {
+        Command::Init { .. }
+        | Command::Bench(_)
+        | Command::Doctor { .. }
+        | Command::Embed { .. } => {
             unreachable!("handled above")
         }
+        Command::Reembed { json } => reembed(&kb, json),
         Command::Add {
             images,
             caption,
@@ -1123,4 +1169,91 @@ fn spinner(message: &str) -> ProgressBar {
     bar.set_message(message.to_string());
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
+}
+
+fn embed(
+    kb_dir: &Path,
+    text: Option<String>,
+    image: Option<PathBuf>,
+    model: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use reimagen::Embedder;
+    let folder = match model {
+        Some(m) => m,
+        None => reimagen::KbConfig::read(kb_dir)?
+            .and_then(|c| c.embedder_folder(kb_dir))
+            .with_context(|| {
+                format!(
+                    "no --model given and the knowledge base {} names no embedder",
+                    kb_dir.display()
+                )
+            })?,
+    };
+    let device = reimagen::Device::from_env()?;
+    let embedder = reimagen::ClipEmbedder::open(
+        &folder,
+        device.clone(),
+        reimagen::embed::clip::WeightPrecision::F32,
+    )
+    .map_err(|source| reimagen::ModelError::Clip {
+        model: folder.display().to_string(),
+        source,
+    })?;
+    let embedding = match (text, image) {
+        (Some(t), _) => embedder.embed_text(&t)?,
+        (None, Some(path)) => {
+            let decoded =
+                reimagen::ingest::read_image_file(&path, &reimagen::DecodeLimits::default())?;
+            embedder.embed_image(&decoded.image)?
+        }
+        (None, None) => bail!("give --text or --image"),
+    };
+    if json {
+        let out = serde_json::json!({
+            "embedding": embedding,
+            "model": embedder.id(),
+            "device": device.name(),
+        });
+        println!("{out}");
+    } else {
+        println!("model   {}", embedder.id());
+        println!("device  {}", device.name());
+        for v in &embedding {
+            println!("{v}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reembed(kb: &KnowledgeBase, json: bool) -> anyhow::Result<ExitCode> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "re-embedding [{bar:40}] {pos}/{len} pairs ({per_sec}, {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let report = kb.reembed(&|p| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    })?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "re-embedded {} pairs with {}",
+            report.embedded, report.embedder
+        );
+        for (id, reason) in &report.failed {
+            eprintln!("failed {id}: {reason}");
+        }
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -46,14 +46,17 @@ pub(crate) enum WriteOp {
     /// Adds a pair; a pair with the same id already present makes it a duplicate (its path, if
     /// any, is still recorded).
     Add(Box<NewRecord>),
-    /// Replaces caption, entity and tags, and the text embedding when given.
+    /// Replaces caption, entity and tags, and the embeddings given (a re-embedding gives both).
     Update {
         id: ImageId,
         caption: String,
         entity: Option<String>,
         tags: Vec<String>,
         text_embedding: Option<Vec<f32>>,
+        image_embedding: Option<Vec<f32>>,
     },
+    /// Records the embedder whose vectors the store now holds (after a re-embedding).
+    SetEmbedder(String),
     /// Removes a pair and every path that holds it.
     Remove { id: ImageId },
     /// Records that a path holds a pair (a rename or a second copy: no change to the pair).
@@ -78,6 +81,7 @@ pub(crate) enum WriteOutcome {
     PathSet,
     PathRemoved { removed_pair: Option<ImageId> },
     Quarantined,
+    EmbedderSet,
     NotFound,
 }
 
@@ -392,6 +396,7 @@ fn apply_one(
             entity,
             tags,
             text_embedding,
+            image_embedding,
         } => {
             let Some(mut pair) = t.pairs.get(wtxn, id)? else {
                 return Ok(WriteOutcome::NotFound);
@@ -408,6 +413,10 @@ fn apply_one(
                 t.embeddings
                     .put(wtxn, &embedding_key(id, EmbeddingKind::Text), vector)?;
             }
+            if let Some(vector) = image_embedding {
+                t.embeddings
+                    .put(wtxn, &embedding_key(id, EmbeddingKind::Image), vector)?;
+            }
             let seq = log.append(
                 store,
                 wtxn,
@@ -417,6 +426,10 @@ fn apply_one(
                 Some(old_doc),
             )?;
             Ok(WriteOutcome::Updated { seq })
+        }
+        WriteOp::SetEmbedder(embedder) => {
+            t.meta.put(wtxn, meta_key::EMBEDDER, embedder.as_bytes())?;
+            Ok(WriteOutcome::EmbedderSet)
         }
         WriteOp::Remove { id } => remove_pair(store, wtxn, log, id),
         WriteOp::RemoveOrphan { id } => {

@@ -108,10 +108,21 @@ pub struct CaseResult {
     pub kind: CaseKind,
     /// Median wall time of one run, in milliseconds.
     pub median_ms: f64,
-    /// GFLOP/s (GB/s for copy) at the median.
-    pub rate: f64,
+    /// GFLOP/s at the median, for the compute cases (absent for copies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    /// GB/s moved at the median, for copies (absent for the compute cases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gbps: Option<f64>,
     /// Timed runs.
     pub runs: usize,
+}
+
+impl CaseResult {
+    /// The case's rate in its own unit: GFLOP/s, or GB/s for a copy.
+    pub fn rate(&self) -> f64 {
+        self.gflops.or(self.gbps).unwrap_or(0.0)
+    }
 }
 
 /// All cases on one device.
@@ -161,7 +172,7 @@ impl BenchReport {
             .iter()
             .find(|c| c.name == case)?;
         let theirs = self.torch.as_ref()?.cases.iter().find(|c| c.name == case)?;
-        Some(ours.rate / theirs.rate)
+        Some(ours.rate() / theirs.rate())
     }
 }
 
@@ -309,12 +320,14 @@ fn device_name(device: &Device) -> String {
 fn case_result(name: &str, kind: CaseKind, dims: [usize; 4], times: Vec<f64>) -> CaseResult {
     let runs = times.len();
     let t = median(times);
+    let rate = case_work(kind, dims) * 1e-9 / t;
+    let copy = kind == CaseKind::Copy;
     CaseResult {
         name: name.to_string(),
         kind,
         median_ms: t * 1e3,
-        // GFLOP/s, or GB/s for a copy.
-        rate: case_work(kind, dims) * 1e-9 / t,
+        gflops: (!copy).then_some(rate),
+        gbps: copy.then_some(rate),
         runs,
     }
 }
@@ -459,13 +472,21 @@ impl std::fmt::Display for BenchReport {
             write!(f, "{name:<24}")?;
             for d in &self.devices {
                 match d.cases.iter().find(|c| c.name == name) {
-                    Some(c) => write!(f, " {:>14}", format!("{:.1} ({:.1})", c.rate, c.median_ms))?,
+                    Some(c) => write!(
+                        f,
+                        " {:>14}",
+                        format!("{:.1} ({:.1})", c.rate(), c.median_ms)
+                    )?,
                     None => write!(f, " {:>14}", "-")?,
                 }
             }
             if let Some(t) = &self.torch {
                 match t.cases.iter().find(|c| c.name == name) {
-                    Some(c) => write!(f, " {:>16}", format!("{:.1} ({:.1})", c.rate, c.median_ms))?,
+                    Some(c) => write!(
+                        f,
+                        " {:>16}",
+                        format!("{:.1} ({:.1})", c.rate(), c.median_ms)
+                    )?,
                     None => write!(f, " {:>16}", "-")?,
                 }
                 for i in 0..self.devices.len() {

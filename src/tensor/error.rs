@@ -101,6 +101,18 @@ pub enum TensorError {
         /// Why, naming the tensor where there is one.
         reason: String,
     },
+    /// A checkpoint's tensor does not have the shape the model's config implies.
+    #[error("tensor {name:?} in {} has shape {found:?}, expected {expected:?}", path.display())]
+    WeightShape {
+        /// The full tensor name, prefix included.
+        name: String,
+        /// The file holding it.
+        path: PathBuf,
+        /// Its shape in the file.
+        found: Vec<usize>,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+    },
     /// A tensor name was asked for that the weights do not hold.
     #[error("tensor {name:?} is not in {}", path.display())]
     MissingTensor {

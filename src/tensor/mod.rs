@@ -15,6 +15,9 @@
 //! # Ok::<(), reimagen::tensor::TensorError>(())
 //! ```
 //!
+//! Models are written with the layer kit of [`nn`] over a [`Weights`] view of their checkpoint;
+//! see there.
+//!
 //! Not here: model code, tokenisers, anything about the knowledge base.
 
 pub mod bench;
@@ -22,7 +25,9 @@ mod cpu;
 mod device;
 pub mod doctor;
 mod error;
+pub mod nn;
 mod ops;
+mod plan;
 #[allow(clippy::module_inception)]
 mod tensor;
 mod weights;
@@ -30,6 +35,7 @@ mod wgpu;
 
 pub use device::{DEVICE_ENV, Device, DeviceChoice};
 pub use error::{Result, TensorError};
+pub use plan::TimestepEmbedding;
 pub use tensor::{DType, Tensor};
 pub use weights::{Weights, WeightsDtype};
 pub use wgpu::{AdapterSummary, PoolStats, SHADERS, Shader, WgpuDevice};

@@ -5,7 +5,12 @@
 //! Not here: the kernels themselves, and anything model-specific.
 
 use super::cpu;
+use super::device::Device;
 use super::error::{Result, TensorError};
+use super::plan::{
+    AttentionMask, AttentionPlan, BinaryOp, BlockCopy, Broadcast, ConvPlan, GroupNormPlan,
+    MatmulPlan, Reduction, ResizeMode, ResizePlan, TimestepEmbedding, TimestepPlan, UnaryOp,
+};
 use super::tensor::{DType, Tensor, numel};
 use super::wgpu::{self as gpu, WgpuDevice};
 
@@ -13,6 +18,29 @@ use super::wgpu::{self as gpu, WgpuDevice};
 enum On<'a> {
     Cpu,
     Gpu(&'a WgpuDevice),
+}
+
+impl<'a> On<'a> {
+    fn of(device: &'a Device) -> On<'a> {
+        match device {
+            Device::Cpu => On::Cpu,
+            Device::Wgpu(d) => On::Gpu(d),
+        }
+    }
+}
+
+/// Runs an op where its operands live: `on_cpu` computes the output's values from host slices,
+/// `on_gpu` records the kernels and hands back the output buffer.
+fn run(
+    on: On<'_>,
+    shape: Vec<usize>,
+    on_cpu: impl FnOnce() -> Vec<f32>,
+    on_gpu: impl FnOnce(&WgpuDevice) -> Result<gpu::GpuBuffer>,
+) -> Result<Tensor> {
+    match on {
+        On::Cpu => Ok(Tensor::from_cpu(on_cpu(), shape)),
+        On::Gpu(d) => Ok(Tensor::from_gpu(d, on_gpu(d)?, shape)),
+    }
 }
 
 /// Where the f32 operands `tensors` live.
@@ -49,118 +77,6 @@ fn on_any<'a>(op: &'static str, tensors: &[&'a Tensor]) -> Result<On<'a>> {
         });
     }
     Ok(found.unwrap_or(On::Cpu))
-}
-
-/// `out[b] = a[b] · b[b]` (or `· b[b]ᵀ`), plus an optional bias over the columns.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MatmulPlan {
-    pub batch: usize,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub a_batch_stride: usize,
-    pub b_batch_stride: usize,
-    pub trans_b: bool,
-}
-
-/// A conv2d over NCHW images.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ConvPlan {
-    pub images: usize,
-    pub cin: usize,
-    pub h: usize,
-    pub w: usize,
-    pub cout: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub ho: usize,
-    pub wo: usize,
-}
-
-/// Group norm over `[images, channels, spatial]`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GroupNormPlan {
-    pub images: usize,
-    pub channels: usize,
-    pub spatial: usize,
-    pub groups: usize,
-    pub eps: f32,
-    pub silu: bool,
-}
-
-/// Attention over `batch` independent (q, k, v) triples.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AttentionPlan {
-    pub batch: usize,
-    pub lq: usize,
-    pub lk: usize,
-    pub d: usize,
-    pub dv: usize,
-    pub scale: f32,
-    pub causal: bool,
-    /// 0: no mask; 1: one mask for every batch; `batch`: one each.
-    pub mask_batches: usize,
-}
-
-/// The element-wise functions of one input.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum UnaryOp {
-    Gelu,
-    QuickGelu,
-    Silu,
-    /// `x · a + b`
-    Affine(f32, f32),
-    /// `min(max(x, a), b)`
-    Clamp(f32, f32),
-}
-
-/// The element-wise functions of two inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-}
-
-/// An output shape and, for each input, its strides over it (0 where it broadcasts).
-#[derive(Debug, Clone)]
-pub(crate) struct Broadcast {
-    pub shape: Vec<usize>,
-    pub lhs_strides: Vec<usize>,
-    pub rhs_strides: Vec<usize>,
-}
-
-/// Copy of `src` viewed as `[outer, len, inner]` (from axis offset `src_offset` of `src_axis`)
-/// into `dst` viewed as `[outer, dst_axis, inner]` at axis offset `dst_offset`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BlockCopy {
-    pub outer: usize,
-    pub len: usize,
-    pub inner: usize,
-    pub src_axis: usize,
-    pub src_offset: usize,
-    pub dst_axis: usize,
-    pub dst_offset: usize,
-}
-
-/// Resampling mode of [`Tensor::resize_nearest`] and [`Tensor::resize_bilinear`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ResizeMode {
-    Nearest,
-    Bilinear,
-}
-
-/// Resizing `planes` images of `h × w` to `ho × wo`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ResizePlan {
-    pub planes: usize,
-    pub h: usize,
-    pub w: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub mode: ResizeMode,
 }
 
 fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
@@ -235,28 +151,19 @@ impl Tensor {
         operands.extend(bias);
         on(op, &operands)?;
         operands.push(weight);
-        match on_any(op, &operands)? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                on_cpu(
-                    self.cpu_data(),
-                    weight.cpu_data(),
-                    bias.map(|b| b.cpu_data()),
-                    plan,
-                ),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = on_gpu(
-                    d,
-                    self.gpu_buffer(),
-                    weight.gpu_buffer(),
-                    weight.dtype == DType::F16,
-                    bias.map(|b| b.gpu_buffer()),
-                    plan,
-                )?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
-        }
+        run(
+            on_any(op, &operands)?,
+            shape,
+            || {
+                let bias = bias.map(|b| b.cpu_data());
+                on_cpu(self.cpu_data(), weight.cpu_data(), bias, plan)
+            },
+            |d| {
+                let bias = bias.map(|b| b.gpu_buffer());
+                let half = weight.dtype == DType::F16;
+                on_gpu(d, self.gpu_buffer(), weight.gpu_buffer(), half, bias, plan)
+            },
+        )
     }
 
     /// Batched matrix product: `[.., M, K] · [.., K, N] → [.., M, N]`. The right side has the same
@@ -439,22 +346,18 @@ impl Tensor {
             eps,
             silu,
         };
-        match on(op, &[self, gamma, beta])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::norm::group_norm(self.cpu_data(), gamma.cpu_data(), beta.cpu_data(), &plan),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::norm::group_norm(
-                    d,
-                    self.gpu_buffer(),
-                    gamma.gpu_buffer(),
-                    beta.gpu_buffer(),
-                    &plan,
-                )?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on(op, &[self, gamma, beta])?,
+            self.shape.clone(),
+            || {
+                let (x, g, b) = (self.cpu_data(), gamma.cpu_data(), beta.cpu_data());
+                cpu::norm::group_norm(x, g, b, &plan)
+            },
+            |d| {
+                let (x, g, b) = (self.gpu_buffer(), gamma.gpu_buffer(), beta.gpu_buffer());
+                gpu::norm::group_norm(d, x, g, b, &plan)
+            },
+        )
     }
 
     /// Group norm of `[N, C, ..]` over `groups` groups of channels, with per-channel `gamma` and
@@ -505,31 +408,18 @@ impl Tensor {
         let (rows, len) = self.rows(op)?;
         check_vector(op, "gamma", gamma, len)?;
         check_vector(op, "beta", beta, len)?;
-        match on(op, &[self, gamma, beta])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::norm::layer_norm(
-                    self.cpu_data(),
-                    gamma.cpu_data(),
-                    beta.cpu_data(),
-                    rows,
-                    len,
-                    eps,
-                ),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::norm::layer_norm(
-                    d,
-                    self.gpu_buffer(),
-                    gamma.gpu_buffer(),
-                    beta.gpu_buffer(),
-                    rows,
-                    len,
-                    eps,
-                )?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on(op, &[self, gamma, beta])?,
+            self.shape.clone(),
+            || {
+                let (x, g, b) = (self.cpu_data(), gamma.cpu_data(), beta.cpu_data());
+                cpu::norm::layer_norm(x, g, b, rows, len, eps)
+            },
+            |d| {
+                let (x, g, b) = (self.gpu_buffer(), gamma.gpu_buffer(), beta.gpu_buffer());
+                gpu::norm::layer_norm(d, x, g, b, rows, len, eps)
+            },
+        )
     }
 
     /// Softmax over the last axis.
@@ -538,21 +428,43 @@ impl Tensor {
     /// When the last axis is empty.
     pub fn softmax(&self) -> Result<Tensor> {
         let (rows, len) = self.rows("softmax")?;
-        match on("softmax", &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::softmax::softmax(self.cpu_data(), rows, len),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::softmax::softmax(d, self.gpu_buffer(), rows, len)?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on("softmax", &[self])?,
+            self.shape.clone(),
+            || cpu::softmax::softmax(self.cpu_data(), rows, len),
+            |d| gpu::softmax::softmax(d, self.gpu_buffer(), rows, len),
+        )
+    }
+
+    fn run_attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        plan: &AttentionPlan,
+    ) -> Result<Tensor> {
+        let op = "attention";
+        let shape = vec![plan.batch, plan.lq, plan.heads * plan.dv];
+        let mut operands = vec![self, k, v];
+        operands.extend(mask);
+        run(
+            on(op, &operands)?,
+            shape,
+            || {
+                let (q, k, v) = (self.cpu_data(), k.cpu_data(), v.cpu_data());
+                cpu::attention::attention(q, k, v, mask.map(|m| m.cpu_data()), plan)
+            },
+            |d| {
+                let (q, k, v) = (self.gpu_buffer(), k.gpu_buffer(), v.gpu_buffer());
+                gpu::attention::attention(d, q, k, v, mask.map(|m| m.gpu_buffer()), plan)
+            },
+        )
     }
 
     /// Scaled dot-product attention, `softmax(q·kᵀ·scale + mask) · v`, with `self` as the
-    /// queries `[B, Lq, D]`, `k` `[B, Lk, D]` and `v` `[B, Lk, Dv]` (fold heads into `B`).
-    /// `mask` is additive, `[1, Lq, Lk]` or `[B, Lq, Lk]`; `causal` hides keys after the query.
+    /// queries `[B, Lq, D]`, `k` `[B, Lk, D]` and `v` `[B, Lk, Dv]` (heads folded into `B`; see
+    /// [`Tensor::multi_head_attention`] for heads side by side). `mask` is additive,
+    /// `[1, Lq, Lk]` or `[B, Lq, Lk]`; `causal` hides keys after the query.
     /// Runs with an online softmax: the `Lq × Lk` score matrix is never stored.
     ///
     /// ```
@@ -597,14 +509,16 @@ impl Tensor {
                 ),
             ));
         }
-        let mask_batches = match mask {
-            None => 0,
+        let mask_kind = match mask {
+            None => AttentionMask::None,
             Some(m)
                 if m.rank() == 3
                     && m.shape[1..] == [lq, lk]
                     && (m.shape[0] == 1 || m.shape[0] == batch) =>
             {
-                m.shape[0]
+                AttentionMask::Additive {
+                    batches: m.shape[0],
+                }
             }
             Some(m) => {
                 return Err(TensorError::shape(
@@ -615,53 +529,108 @@ impl Tensor {
         };
         let plan = AttentionPlan {
             batch,
+            heads: 1,
             lq,
             lk,
             d,
             dv,
             scale,
             causal,
-            mask_batches,
+            mask: mask_kind,
         };
-        let shape = vec![batch, lq, dv];
-        let mut operands = vec![self, k, v];
-        operands.extend(mask);
-        match on(op, &operands)? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::attention::attention(
-                    self.cpu_data(),
-                    k.cpu_data(),
-                    v.cpu_data(),
-                    mask.map(|m| m.cpu_data()),
-                    &plan,
+        self.run_attention(k, v, mask, &plan)
+    }
+
+    /// Multi-head attention with the heads side by side in the last axis, as a model's
+    /// projections produce them: `self` (the queries) `[B, Lq, H·D]`, `k` `[B, Lk, H·D]`,
+    /// `v` `[B, Lk, H·Dv]` → `[B, Lq, H·Dv]`, each head `softmax(q·kᵀ·scale) · v`. The kernels
+    /// read each head in place (no permute copies).
+    ///
+    /// `key_mask` `[B, Lk]` hides padding keys from every head and query: 0 hides a key, any
+    /// other value keeps it (transformers' `attention_mask`). `causal` hides keys after the
+    /// query (CLIP's text tower). A query that sees no key at all averages `v` uniformly.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// // CLIP's text tower: 8 heads of 64, 77 tokens, the last 70 of the second text padding.
+    /// let x = Tensor::zeros(&[2, 77, 512], &Device::Cpu)?;
+    /// let mut keep = vec![1.0; 2 * 77];
+    /// keep[77 + 7..].fill(0.0);
+    /// let keep = Tensor::from_vec(keep, &[2, 77], &Device::Cpu)?;
+    /// let out = x.multi_head_attention(&x, &x, 8, Some(&keep), true, 1.0 / 8.0)?;
+    /// assert_eq!(out.shape(), &[2, 77, 512]);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the shapes do not fit or `heads` does not divide the last axes; on the GPU
+    /// backend, when a head is larger than 128.
+    pub fn multi_head_attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        key_mask: Option<&Tensor>,
+        causal: bool,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let op = "multi_head_attention";
+        let fits = self.rank() == 3
+            && k.rank() == 3
+            && v.rank() == 3
+            && heads > 0
+            && k.shape[0] == self.shape[0]
+            && v.shape[0] == self.shape[0]
+            && k.shape[2] == self.shape[2]
+            && v.shape[1] == k.shape[1]
+            && k.shape[1] > 0
+            && self.shape[2].is_multiple_of(heads)
+            && v.shape[2].is_multiple_of(heads);
+        if !fits {
+            return Err(TensorError::shape(
+                op,
+                format!(
+                    "q {:?}, k {:?} and v {:?} are not [B, Lq, H·D], [B, Lk, H·D], [B, Lk, H·Dv] \
+                     with H = {heads} heads and Lk > 0",
+                    self.shape, k.shape, v.shape
                 ),
-                shape,
-            )),
-            On::Gpu(dev) => {
-                let out = gpu::attention::attention(
-                    dev,
-                    self.gpu_buffer(),
-                    k.gpu_buffer(),
-                    v.gpu_buffer(),
-                    mask.map(|m| m.gpu_buffer()),
-                    &plan,
-                )?;
-                Ok(Tensor::from_gpu(dev, out, shape))
-            }
+            ));
         }
+        let [batch, lq, width] = [self.shape[0], self.shape[1], self.shape[2]];
+        let lk = k.shape[1];
+        if let Some(m) = key_mask
+            && m.shape != [batch, lk]
+        {
+            return Err(TensorError::shape(
+                op,
+                format!("key mask must be [{batch}, {lk}], got {:?}", m.shape),
+            ));
+        }
+        let plan = AttentionPlan {
+            batch,
+            heads,
+            lq,
+            lk,
+            d: width / heads,
+            dv: v.shape[2] / heads,
+            scale,
+            causal,
+            mask: if key_mask.is_some() {
+                AttentionMask::KeepKeys
+            } else {
+                AttentionMask::None
+            },
+        };
+        self.run_attention(k, v, key_mask, &plan)
     }
 
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        match on("unary", &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::elementwise::unary(self.cpu_data(), op),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::elementwise::unary(d, self.gpu_buffer(), self.numel(), op)?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on("unary", &[self])?,
+            self.shape.clone(),
+            || cpu::elementwise::unary(self.cpu_data(), op),
+            |d| gpu::elementwise::unary(d, self.gpu_buffer(), self.numel(), op),
+        )
     }
 
     /// GELU with the exact (erf) form, as PyTorch's default `gelu`.
@@ -719,16 +688,12 @@ impl Tensor {
     /// When the last axis is empty.
     pub fn l2_normalize(&self, eps: f32) -> Result<Tensor> {
         let (rows, len) = self.rows("l2_normalize")?;
-        match on("l2_normalize", &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::softmax::l2_normalize(self.cpu_data(), rows, len, eps),
-                self.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out = gpu::softmax::l2_normalize(d, self.gpu_buffer(), rows, len, eps)?;
-                Ok(Tensor::from_gpu(d, out, self.shape.clone()))
-            }
-        }
+        run(
+            on("l2_normalize", &[self])?,
+            self.shape.clone(),
+            || cpu::softmax::l2_normalize(self.cpu_data(), rows, len, eps),
+            |d| gpu::softmax::l2_normalize(d, self.gpu_buffer(), rows, len, eps),
+        )
     }
 
     fn binary(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
@@ -765,17 +730,12 @@ impl Tensor {
             rhs_strides: strides(&rs),
             shape,
         };
-        match on(name, &[self, rhs])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::elementwise::binary(self.cpu_data(), rhs.cpu_data(), op, &plan),
-                plan.shape.clone(),
-            )),
-            On::Gpu(d) => {
-                let out =
-                    gpu::elementwise::binary(d, self.gpu_buffer(), rhs.gpu_buffer(), op, &plan)?;
-                Ok(Tensor::from_gpu(d, out, plan.shape))
-            }
-        }
+        run(
+            on(name, &[self, rhs])?,
+            plan.shape.clone(),
+            || cpu::elementwise::binary(self.cpu_data(), rhs.cpu_data(), op, &plan),
+            |d| gpu::elementwise::binary(d, self.gpu_buffer(), rhs.gpu_buffer(), op, &plan),
+        )
     }
 
     /// `self + rhs`, with NumPy broadcasting.
@@ -808,24 +768,25 @@ impl Tensor {
         parts: &[(&Tensor, BlockCopy)],
     ) -> Result<Tensor> {
         let tensors: Vec<&Tensor> = parts.iter().map(|(t, _)| *t).collect();
-        match on(op, &tensors)? {
-            On::Cpu => {
+        run(
+            on(op, &tensors)?,
+            dst_shape.clone(),
+            || {
                 let mut out = vec![0.0; numel(&dst_shape)];
                 for (t, plan) in parts {
                     cpu::layout::copy_block(t.cpu_data(), &mut out, plan);
                 }
-                Ok(Tensor::from_cpu(out, dst_shape))
-            }
-            On::Gpu(d) => {
-                let out = d
-                    .ctx
-                    .alloc(op, &format!("output {dst_shape:?}"), numel(&dst_shape))?;
+                out
+            },
+            |d| {
+                let what = format!("output {dst_shape:?}");
+                let out = d.ctx.alloc(op, &what, numel(&dst_shape))?;
                 for (t, plan) in parts {
                     gpu::layout::copy_block(d, t.gpu_buffer(), &out, plan)?;
                 }
-                Ok(Tensor::from_gpu(d, out, dst_shape))
-            }
-        }
+                Ok(out)
+            },
+        )
     }
 
     /// Joins tensors along `axis`; all other axes must agree (e.g. channels of NCHW: axis 1).
@@ -962,16 +923,22 @@ impl Tensor {
         let strides = contiguous_strides(&self.shape);
         let shape: Vec<usize> = axes.iter().map(|&a| self.shape[a]).collect();
         let src_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
-        match on(op, &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::layout::strided_copy(self.cpu_data(), &shape, &src_strides),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::layout::strided_copy(d, self.gpu_buffer(), &shape, &src_strides)?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
-        }
+        self.strided_copy(op, shape, src_strides)
+    }
+
+    /// A contiguous `shape` read from `self` through `src_strides` (0 repeats an axis).
+    fn strided_copy(
+        &self,
+        op: &'static str,
+        shape: Vec<usize>,
+        src_strides: Vec<usize>,
+    ) -> Result<Tensor> {
+        run(
+            on(op, &[self])?,
+            shape.clone(),
+            || cpu::layout::strided_copy(self.cpu_data(), &shape, &src_strides),
+            |d| gpu::layout::strided_copy(d, op, self.gpu_buffer(), &shape, &src_strides),
+        )
     }
 
     /// Swaps two axes.
@@ -1005,16 +972,12 @@ impl Tensor {
             mode,
         };
         let shape = vec![self.shape[0], self.shape[1], ho, wo];
-        match on(op, &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::resize::resize(self.cpu_data(), &plan),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::resize::resize(d, self.gpu_buffer(), &plan)?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
-        }
+        run(
+            on(op, &[self])?,
+            shape,
+            || cpu::resize::resize(self.cpu_data(), &plan),
+            |d| gpu::resize::resize(d, self.gpu_buffer(), &plan),
+        )
     }
 
     /// Nearest-neighbour ×2 upsampling of NCHW images (each pixel becomes 2×2).
@@ -1046,11 +1009,43 @@ impl Tensor {
     }
 
     /// Sinusoidal embedding of timesteps `[B]` into `[B, dim]`: `[cos(t·f) | sin(t·f)]` with
-    /// `f_i = max_period^(−i / (dim/2))` (a zero last column when `dim` is odd).
+    /// `f_i = max_period^(−i / (dim/2))` (a zero last column when `dim` is odd) — guided
+    /// diffusion's and Stable Diffusion's convention. For diffusers' other conventions see
+    /// [`Tensor::timestep_embedding_with`].
     ///
     /// # Errors
     /// When `self` is not a vector.
     pub fn timestep_embedding(&self, dim: usize, max_period: f32) -> Result<Tensor> {
+        let options = TimestepEmbedding {
+            max_period,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+        };
+        self.timestep_embedding_with(dim, &options)
+    }
+
+    /// Sinusoidal embedding of timesteps `[B]` into `[B, dim]` with diffusers'
+    /// `get_timestep_embedding` options ([`TimestepEmbedding`]).
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor, TimestepEmbedding};
+    /// let t = Tensor::from_vec(vec![0.0, 999.0], &[2], &Device::Cpu)?;
+    /// // Stable Diffusion's `Timesteps(320, flip_sin_to_cos=True, downscale_freq_shift=0)`.
+    /// let sd = TimestepEmbedding { flip_sin_to_cos: true, freq_shift: 0.0, ..Default::default() };
+    /// let e = t.timestep_embedding_with(320, &sd)?;
+    /// assert_eq!(e.shape(), &[2, 320]);
+    /// assert_eq!(e.to_vec()?[0], 1.0); // cos(0)
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When `self` is not a vector, or `freq_shift` leaves no positive denominator
+    /// (`dim/2 − freq_shift ≤ 0`).
+    pub fn timestep_embedding_with(
+        &self,
+        dim: usize,
+        options: &TimestepEmbedding,
+    ) -> Result<Tensor> {
         let op = "timestep_embedding";
         if self.rank() != 1 {
             return Err(TensorError::shape(
@@ -1058,18 +1053,27 @@ impl Tensor {
                 format!("timesteps must be [B], got {:?}", self.shape),
             ));
         }
-        let batch = self.shape[0];
-        let shape = vec![batch, dim];
-        match on(op, &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::embedding::timestep(self.cpu_data(), dim, max_period),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::embedding::timestep(d, self.gpu_buffer(), batch, dim, max_period)?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
+        let half = (dim / 2) as f32;
+        if dim >= 2 && half - options.freq_shift <= 0.0 {
+            return Err(TensorError::shape(
+                op,
+                format!(
+                    "freq_shift {} leaves no frequency for dim {dim} (needs dim/2 − freq_shift > 0)",
+                    options.freq_shift
+                ),
+            ));
         }
+        let plan = TimestepPlan {
+            batch: self.shape[0],
+            dim,
+            options: *options,
+        };
+        run(
+            on(op, &[self])?,
+            vec![plan.batch, dim],
+            || cpu::embedding::timestep(self.cpu_data(), &plan),
+            |d| gpu::embedding::timestep(d, self.gpu_buffer(), &plan),
+        )
     }
 
     /// Rows of the table `self` (`[V, D]`) picked by `ids`: `[ids.len(), D]`. The table may be
@@ -1093,21 +1097,145 @@ impl Tensor {
             ));
         }
         let shape = vec![ids.len(), dim];
-        match on_any(op, &[self])? {
-            On::Cpu => Ok(Tensor::from_cpu(
-                cpu::embedding::gather(self.cpu_data(), ids, dim),
-                shape,
-            )),
-            On::Gpu(d) => {
-                let out = gpu::embedding::gather(
-                    d,
-                    self.gpu_buffer(),
-                    self.dtype == DType::F16,
-                    ids,
-                    dim,
-                )?;
-                Ok(Tensor::from_gpu(d, out, shape))
-            }
+        run(
+            on_any(op, &[self])?,
+            shape,
+            || cpu::embedding::gather(self.cpu_data(), ids, dim),
+            |d| {
+                let half = self.dtype == DType::F16;
+                gpu::embedding::gather(d, self.gpu_buffer(), half, ids, dim)
+            },
+        )
+    }
+
+    /// Standard normal noise of `shape` from `seed`, made on `device`: the same numbers on every
+    /// backend (up to the precision of `ln`, `cos` and `sin`) and in every run, by the project's
+    /// own documented algorithm — Philox4x32-10 counters and Box-Muller (docs/tensor.md,
+    /// "Seeded noise") — so that a Python reference reproduces it. The values depend only on
+    /// the seed and the element's index: a shorter tensor is a prefix of a longer one.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// let noise = Tensor::randn(&[1, 4, 8, 8], 42, &Device::Cpu)?;
+    /// assert_eq!(noise.to_vec()?, Tensor::randn(&[256], 42, &Device::Cpu)?.to_vec()?);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the tensor has 2³² elements or more (the counter is 32-bit), or does not fit the
+    /// adapter.
+    pub fn randn(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+        let len = numel(shape);
+        if len >= 1 << 32 {
+            return Err(TensorError::shape(
+                "randn",
+                format!("{shape:?} has 2^32 elements or more; the counter is 32-bit"),
+            ));
         }
+        run(
+            On::of(device),
+            shape.to_vec(),
+            || cpu::random::normal(len, seed),
+            |d| gpu::random::normal(d, len, seed),
+        )
+    }
+
+    /// The values repeated along new leading axes and along axes of size 1, up to `shape`
+    /// (NumPy's `broadcast_to`), as a contiguous copy.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// let bias = Tensor::from_vec(vec![1.0, 2.0], &[2, 1], &Device::Cpu)?;
+    /// let wide = bias.broadcast_to(&[3, 2, 2])?;
+    /// assert_eq!(wide.to_vec()?, [1.0, 1.0, 2.0, 2.0].repeat(3));
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When `self` does not broadcast to `shape`, or `shape` has more than 8 axes.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        let op = "broadcast_to";
+        let rank = shape.len();
+        let fits = self.rank() <= rank
+            && rank <= 8
+            && self
+                .shape
+                .iter()
+                .rev()
+                .zip(shape.iter().rev())
+                .all(|(&a, &b)| a == b || a == 1);
+        if !fits {
+            return Err(TensorError::shape(
+                op,
+                format!(
+                    "cannot broadcast {:?} to {shape:?} (at most 8 axes)",
+                    self.shape
+                ),
+            ));
+        }
+        let mut padded = vec![1; rank - self.rank()];
+        padded.extend_from_slice(&self.shape);
+        let src_strides: Vec<usize> = contiguous_strides(&padded)
+            .into_iter()
+            .zip(&padded)
+            .map(|(stride, &extent)| if extent == 1 { 0 } else { stride })
+            .collect();
+        self.strided_copy(op, shape.to_vec(), src_strides)
+    }
+
+    fn reduce_last(&self, op: &'static str, reduction: Reduction) -> Result<Tensor> {
+        let (rows, len) = self.rows(op)?;
+        let mut shape = self.shape.clone();
+        if let Some(last) = shape.last_mut() {
+            *last = 1;
+        }
+        run(
+            on(op, &[self])?,
+            shape,
+            || cpu::reduce::reduce_last(self.cpu_data(), len, reduction),
+            |d| gpu::reduce::reduce_last(d, self.gpu_buffer(), rows, len, reduction),
+        )
+    }
+
+    /// The sum over the last axis, kept as an axis of size 1 (so it broadcasts against `self`):
+    /// `[.., N] → [.., 1]`.
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn sum_last(&self) -> Result<Tensor> {
+        self.reduce_last("sum_last", Reduction::Sum)
+    }
+
+    /// The mean over the last axis, `[.., N] → [.., 1]`.
+    ///
+    /// ```
+    /// use reimagen::tensor::{Device, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0, 2.0, 6.0, -1.0, 5.0, 2.0], &[2, 3], &Device::Cpu)?;
+    /// let centred = x.sub(&x.mean_last()?)?;
+    /// assert_eq!(centred.to_vec()?, [-2.0, -1.0, 3.0, -3.0, 3.0, 0.0]);
+    /// # Ok::<(), reimagen::tensor::TensorError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn mean_last(&self) -> Result<Tensor> {
+        self.reduce_last("mean_last", Reduction::Mean)
+    }
+
+    /// The maximum over the last axis, `[.., N] → [.., 1]`.
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn max_last(&self) -> Result<Tensor> {
+        self.reduce_last("max_last", Reduction::Max)
+    }
+
+    /// The index of the maximum over the last axis (the first one on ties, as PyTorch), as f32
+    /// values (exact below 2²⁴): `[.., N] → [.., 1]`.
+    ///
+    /// # Errors
+    /// When the last axis is empty.
+    pub fn argmax_last(&self) -> Result<Tensor> {
+        self.reduce_last("argmax_last", Reduction::ArgMax)
     }
 }

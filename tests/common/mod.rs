@@ -85,6 +85,14 @@ impl Embedder for ToyEmbedder {
         self.dim
     }
 
+    fn embed_images(&self, images: &[image::DynamicImage]) -> Result<Vec<Vec<f32>>, ModelError> {
+        images.iter().map(|i| self.embed_image(i)).collect()
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        texts.iter().map(|t| self.embed_text(t)).collect()
+    }
+
     fn embed_image(&self, image: &image::DynamicImage) -> Result<Vec<f32>, ModelError> {
         let rgb = image.to_rgb8();
         let n = rgb.pixels().len() as f32;

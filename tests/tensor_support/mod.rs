@@ -402,3 +402,155 @@ pub fn timestep_ref(t: &[f64], dim: usize, max_period: f64) -> Vec<f64> {
     }
     out
 }
+
+/// Multi-head attention with the heads side by side: q `[B, Lq, H·D]`, k `[B, Lk, H·D]`,
+/// v `[B, Lk, H·Dv]`; `keep` `[B, Lk]` (0 hides a key). A query that sees no key averages v
+/// uniformly over all keys, as the kernels define it.
+#[allow(clippy::too_many_arguments)]
+pub fn multi_head_attention_ref(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    keep: Option<&[f64]>,
+    [batch, lq, lk, heads, d, dv]: [usize; 6],
+    scale: f64,
+    causal: bool,
+) -> Vec<f64> {
+    let mut out = vec![0.0; batch * lq * heads * dv];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..lq {
+                let visible =
+                    |j: usize| !(causal && j > i) && keep.is_none_or(|m| m[b * lk + j] != 0.0);
+                let scores: Vec<Option<f64>> = (0..lk)
+                    .map(|j| {
+                        visible(j).then(|| {
+                            (0..d)
+                                .map(|c| {
+                                    q[(b * lq + i) * heads * d + h * d + c]
+                                        * k[(b * lk + j) * heads * d + h * d + c]
+                                })
+                                .sum::<f64>()
+                                * scale
+                        })
+                    })
+                    .collect();
+                let weights: Vec<f64> = if scores.iter().all(Option::is_none) {
+                    vec![1.0; lk]
+                } else {
+                    let mx = scores
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    scores
+                        .iter()
+                        .map(|s| s.map_or(0.0, |s| (s - mx).exp()))
+                        .collect()
+                };
+                let sum: f64 = weights.iter().sum();
+                for c in 0..dv {
+                    out[(b * lq + i) * heads * dv + h * dv + c] = (0..lk)
+                        .map(|j| weights[j] * v[(b * lk + j) * heads * dv + h * dv + c])
+                        .sum::<f64>()
+                        / sum;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes a safetensors file of `(name, dtype, shape, little-endian bytes)`.
+pub fn write_safetensors(
+    path: &std::path::Path,
+    tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)],
+) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+        .collect()
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|&x| x.to_le_bytes()).collect()
+}
+
+/// Philox4x32-10 (Salmon et al., SC 2011), written from the paper for the tests: 64-bit
+/// products, rounds with the key bumped by the Weyl constants.
+pub fn philox_ref(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (mut c, mut k) = (counter, key);
+    for round in 0..10 {
+        if round > 0 {
+            k = [
+                k[0].wrapping_add(0x9E37_79B9),
+                k[1].wrapping_add(0xBB67_AE85),
+            ];
+        }
+        let p0 = 0xD251_1F53u64 * c[0] as u64;
+        let p1 = 0xCD9E_8D57u64 * c[2] as u64;
+        c = [
+            (p1 >> 32) as u32 ^ c[1] ^ k[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
+    }
+    c
+}
+
+/// The documented noise (docs/tensor.md, "Seeded noise") in f64: block n / 4, Philox of
+/// (block, 0, 0, 0) under (seed low, seed high), uniforms (r >> 8 + 0.5) / 2^24, Box-Muller.
+pub fn normal_ref(len: usize, seed: u64) -> Vec<f64> {
+    let key = [seed as u32, (seed >> 32) as u32];
+    let uniform = |r: u32| ((r >> 8) as f64 + 0.5) / 16_777_216.0;
+    (0..len.div_ceil(4))
+        .flat_map(|block| {
+            let r = philox_ref([block as u32, 0, 0, 0], key);
+            [(r[0], r[1]), (r[2], r[3])].into_iter().flat_map(|(a, b)| {
+                let radius = (-2.0 * uniform(a).ln()).sqrt();
+                let angle = std::f64::consts::PI * (2.0 * uniform(b) - 1.0);
+                [radius * angle.cos(), radius * angle.sin()]
+            })
+        })
+        .take(len)
+        .collect()
+}
+
+/// diffusers' `get_timestep_embedding` in f64: frequencies `max_period^(−j / (half − shift))`,
+/// `[sin | cos]`, swapped to `[cos | sin]` with `flip`, a zero column when `dim` is odd.
+pub fn timestep_ref_with(
+    t: &[f64],
+    dim: usize,
+    max_period: f64,
+    flip: bool,
+    shift: f64,
+) -> Vec<f64> {
+    let half = dim / 2;
+    let mut out = vec![0.0; t.len() * dim];
+    for (b, &tv) in t.iter().enumerate() {
+        for j in 0..half {
+            let arg = tv * (-max_period.ln() * j as f64 / (half as f64 - shift)).exp();
+            let (first, second) = if flip {
+                (arg.cos(), arg.sin())
+            } else {
+                (arg.sin(), arg.cos())
+            };
+            out[b * dim + j] = first;
+            out[b * dim + half + j] = second;
+        }
+    }
+    out
+}

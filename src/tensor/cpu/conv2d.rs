@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{gemm_into, parallelism};
-use crate::tensor::ops::ConvPlan;
+use crate::tensor::plan::ConvPlan;
 
 fn im2col(x: &[f32], p: &ConvPlan, cols: &mut [f32]) {
     let n = p.ho * p.wo;

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN;
-use crate::tensor::ops::{BinaryOp, Broadcast, UnaryOp};
+use crate::tensor::plan::{BinaryOp, Broadcast, UnaryOp};
 
 /// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the same as the WGSL kernel.
 pub(crate) fn erf(v: f32) -> f32 {

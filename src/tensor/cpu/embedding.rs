@@ -1,14 +1,25 @@
-//! CPU embeddings: sinusoidal timestep embedding and row gather. Mirrors `shaders/embedding.wgsl`.
+//! CPU embeddings: sinusoidal timestep embedding (diffusers' options) and row gather. Mirrors
+//! `shaders/embedding.wgsl`.
+//!
+//! Not here: shape checks (`ops.rs`).
 
-pub(crate) fn timestep(t: &[f32], dim: usize, max_period: f32) -> Vec<f32> {
+use crate::tensor::plan::TimestepPlan;
+
+pub(crate) fn timestep(t: &[f32], p: &TimestepPlan) -> Vec<f32> {
+    let (dim, o) = (p.dim, p.options);
     let half = dim / 2;
     let mut out = vec![0.0f32; t.len() * dim];
     for (row, &tv) in out.chunks_mut(dim.max(1)).zip(t) {
         for j in 0..half {
-            let freq = (-max_period.ln() * j as f32 / half as f32).exp();
+            let freq = (-o.max_period.ln() * j as f32 / (half as f32 - o.freq_shift)).exp();
             let arg = tv * freq;
-            row[j] = arg.cos();
-            row[half + j] = arg.sin();
+            let (first, second) = if o.flip_sin_to_cos {
+                (arg.cos(), arg.sin())
+            } else {
+                (arg.sin(), arg.cos())
+            };
+            row[j] = first;
+            row[half + j] = second;
         }
     }
     out

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::ops::BlockCopy;
+use crate::tensor::plan::BlockCopy;
 
 pub(crate) fn strided_copy(src: &[f32], shape: &[usize], src_strides: &[usize]) -> Vec<f32> {
     let len: usize = shape.iter().product();

@@ -3,7 +3,7 @@
 
 use gemm::Parallelism;
 
-use crate::tensor::ops::MatmulPlan;
+use crate::tensor::plan::MatmulPlan;
 
 /// `dst (m×n, row stride n) = a (m×k) · b`, where b is k×n, or n×k when `trans_b`. With
 /// `accumulate`, adds to what `dst` holds.
@@ -45,6 +45,63 @@ pub(crate) fn gemm_into(
             b.as_ptr(),
             rhs_cs,
             rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// A matrix inside a slice: element (r, c) is `data[r · row + c · col]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub row: usize,
+    pub col: usize,
+}
+
+impl Strided<'_> {
+    /// Whether an `rows × cols` matrix with these strides stays inside the slice.
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row + (cols - 1) * self.col < self.data.len()
+    }
+}
+
+/// `dst (m×n, row stride dst_row) = a (m×k) · b (k×n)`, both read through their strides (the
+/// attention heads of `[B, L, H·D]`, read in place).
+pub(crate) fn gemm_strided(
+    dst: &mut [f32],
+    dst_row: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+    [m, n, k]: [usize; 3],
+    parallelism: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst_row >= n && (m - 1) * dst_row + n <= dst.len());
+    assert!(a.holds(m, k) && b.holds(k, n));
+    // SAFETY: the asserts keep every index the strides reach inside the three slices, and
+    // `dst` is borrowed mutably, so it does not alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row as isize,
+            false,
+            a.data.as_ptr(),
+            a.col as isize,
+            a.row as isize,
+            b.data.as_ptr(),
+            b.col as isize,
+            b.row as isize,
             1.0,
             1.0,
             false,

@@ -11,6 +11,8 @@ pub(crate) mod embedding;
 pub(crate) mod layout;
 pub(crate) mod matmul;
 pub(crate) mod norm;
+pub(crate) mod random;
+pub(crate) mod reduce;
 pub(crate) mod resize;
 pub(crate) mod softmax;
 

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::ops::GroupNormPlan;
+use crate::tensor::plan::GroupNormPlan;
 
 fn mean_and_rstd(x: &[f32], eps: f32) -> (f32, f32) {
     let len = x.len() as f32;

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::ops::{ResizeMode, ResizePlan};
+use crate::tensor::plan::{ResizeMode, ResizePlan};
 
 pub(crate) fn resize(x: &[f32], p: &ResizePlan) -> Vec<f32> {
     let mut out = vec![0.0f32; p.planes * p.ho * p.wo];

@@ -1,9 +1,11 @@
 //! Host side of `shaders/attention.wgsl`: flash-style attention, 64 queries per workgroup and
-//! one grid row per batch.
+//! one grid row per (batch, head); heads are read in place from `[B, L, H·D]`.
+//!
+//! Not here: shape checks (`ops.rs`), the CPU version (`cpu/attention.rs`).
 
 use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
 use crate::tensor::error::{Result, TensorError};
-use crate::tensor::ops::AttentionPlan;
+use crate::tensor::plan::{AttentionMask, AttentionPlan};
 
 pub(crate) const SHADER: Shader = Shader {
     name: "attention.wgsl",
@@ -35,11 +37,18 @@ pub(crate) fn attention(
     let ctx = &dev.ctx;
     let out = ctx.alloc(
         OP,
-        &format!("output [{}, {}, {}]", p.batch, p.lq, p.dv),
-        p.batch * p.lq * p.dv,
+        &format!("output [{}, {}, {}]", p.batch, p.lq, p.heads * p.dv),
+        p.batch * p.lq * p.heads * p.dv,
     )?;
-    word(OP, "keys", p.batch * p.lk * p.d.max(p.dv))?;
+    word(OP, "queries", p.batch * p.lq * p.heads * p.d.max(p.dv))?;
+    word(OP, "keys", p.batch * p.lk * p.heads * p.d.max(p.dv))?;
     word(OP, "mask", p.batch * p.lq * p.lk)?;
+    let (mask_batch_stride, mask_row_stride) = p.mask_strides();
+    let mask_kind = match p.mask {
+        AttentionMask::None => 0,
+        AttentionMask::Additive { .. } => 1,
+        AttentionMask::KeepKeys => 2,
+    };
     let dummy;
     let mask_buffer = match mask {
         Some(m) => m,
@@ -55,12 +64,16 @@ pub(crate) fn attention(
         p.dv as u32,
         bits(p.scale),
         p.causal as u32,
-        p.mask_batches as u32,
+        p.heads as u32,
+        mask_kind,
+        mask_batch_stride as u32,
+        mask_row_stride as u32,
+        0,
         0,
     ];
     let grid = [
         word(OP, "query blocks", p.lq.div_ceil(QUERIES))?,
-        word(OP, "batch", p.batch)?,
+        word(OP, "batch × heads", p.batch * p.heads)?,
         1,
     ];
     ctx.dispatch(

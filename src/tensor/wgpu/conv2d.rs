@@ -2,7 +2,7 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, word};
 use crate::tensor::error::Result;
-use crate::tensor::ops::ConvPlan;
+use crate::tensor::plan::ConvPlan;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "conv2d.wgsl",

@@ -2,7 +2,7 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
 use crate::tensor::error::{Result, TensorError};
-use crate::tensor::ops::{BinaryOp, Broadcast, UnaryOp};
+use crate::tensor::plan::{BinaryOp, Broadcast, UnaryOp};
 
 pub(crate) const SHADER: Shader = Shader {
     name: "elementwise.wgsl",

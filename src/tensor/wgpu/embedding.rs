@@ -2,27 +2,27 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
 use crate::tensor::error::Result;
+use crate::tensor::plan::TimestepPlan;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "embedding.wgsl",
     source: include_str!("../../../shaders/embedding.wgsl"),
 };
 
-pub(crate) fn timestep(
-    d: &WgpuDevice,
-    t: &GpuBuffer,
-    batch: usize,
-    dim: usize,
-    max_period: f32,
-) -> Result<GpuBuffer> {
+pub(crate) fn timestep(d: &WgpuDevice, t: &GpuBuffer, p: &TimestepPlan) -> Result<GpuBuffer> {
     const OP: &str = "timestep_embedding";
     let ctx = &d.ctx;
-    let len = batch * dim;
+    let len = p.batch * p.dim;
     let out = ctx.alloc(OP, "output", len)?;
+    word(OP, "output", len)?;
     let params = [
-        word(OP, "batch", batch)?,
-        word(OP, "dim", dim)?,
-        bits(max_period),
+        word(OP, "batch", p.batch)?,
+        word(OP, "dim", p.dim)?,
+        bits(p.options.max_period),
+        p.options.flip_sin_to_cos as u32,
+        bits(p.options.freq_shift),
+        0,
+        0,
         0,
     ];
     let grid = ctx.elementwise_grid(OP, len)?;

@@ -4,7 +4,7 @@
 use super::elementwise::pack_axes;
 use super::{GpuBuffer, Shader, WgpuDevice, word};
 use crate::tensor::error::Result;
-use crate::tensor::ops::BlockCopy;
+use crate::tensor::plan::BlockCopy;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "layout.wgsl",
@@ -13,19 +13,19 @@ pub(crate) const SHADER: Shader = Shader {
 
 pub(crate) fn strided_copy(
     d: &WgpuDevice,
+    op: &'static str,
     src: &GpuBuffer,
     shape: &[usize],
     src_strides: &[usize],
 ) -> Result<GpuBuffer> {
-    const OP: &str = "permute";
     let ctx = &d.ctx;
     let len: usize = shape.iter().product();
-    let out = ctx.alloc(OP, &format!("output {shape:?}"), len)?;
-    let mut params = vec![word(OP, "output", len)?, shape.len() as u32, 0, 0];
-    pack_axes(OP, &mut params, shape)?;
-    pack_axes(OP, &mut params, src_strides)?;
-    let grid = ctx.elementwise_grid(OP, len)?;
-    ctx.dispatch(OP, &SHADER, "strided_copy", &[src, &out], &params, grid)?;
+    let out = ctx.alloc(op, &format!("output {shape:?}"), len)?;
+    let mut params = vec![word(op, "output", len)?, shape.len() as u32, 0, 0];
+    pack_axes(op, &mut params, shape)?;
+    pack_axes(op, &mut params, src_strides)?;
+    let grid = ctx.elementwise_grid(op, len)?;
+    ctx.dispatch(op, &SHADER, "strided_copy", &[src, &out], &params, grid)?;
     Ok(out)
 }
 

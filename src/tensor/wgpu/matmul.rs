@@ -2,7 +2,7 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, word};
 use crate::tensor::error::Result;
-use crate::tensor::ops::MatmulPlan;
+use crate::tensor::plan::MatmulPlan;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "matmul.wgsl",

@@ -16,6 +16,8 @@ pub(crate) mod embedding;
 pub(crate) mod layout;
 pub(crate) mod matmul;
 pub(crate) mod norm;
+pub(crate) mod random;
+pub(crate) mod reduce;
 pub(crate) mod resize;
 pub(crate) mod softmax;
 
@@ -42,6 +44,8 @@ pub const SHADERS: &[Shader] = &[
     layout::SHADER,
     matmul::SHADER,
     norm::SHADER,
+    random::SHADER,
+    reduce::SHADER,
     resize::SHADER,
     softmax::SHADER,
 ];

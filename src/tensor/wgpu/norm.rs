@@ -3,7 +3,7 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
 use crate::tensor::error::Result;
-use crate::tensor::ops::GroupNormPlan;
+use crate::tensor::plan::GroupNormPlan;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "norm.wgsl",

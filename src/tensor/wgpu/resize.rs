@@ -2,7 +2,7 @@
 
 use super::{GpuBuffer, Shader, WgpuDevice, word};
 use crate::tensor::error::Result;
-use crate::tensor::ops::{ResizeMode, ResizePlan};
+use crate::tensor::plan::{ResizeMode, ResizePlan};
 
 pub(crate) const SHADER: Shader = Shader {
     name: "resize.wgsl",
