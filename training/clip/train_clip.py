@@ -13,8 +13,9 @@ first run). What it does, in order:
    the vocabulary laid out as CLIP's (256 bytes, 256 bytes + `</w>`, merges, then
    <|startoftext|> and <|endoftext|> last), the two markers added by a post-processor.
 3. Trains a transformers `CLIPModel` (64×64 input, small ViT and text transformer) with the
-   symmetric contrastive loss. Texts are the caption, "<entity> in <style> style", or the bare
-   entity name; a bare name matches every rendition of its entity in the batch (soft targets).
+   symmetric contrastive loss. Texts are the caption, "<entity> in <style> style", the caption
+   with the entity's tags, or the bare entity name; a bare name matches every rendition of its
+   entity in the batch (soft targets).
    Augmentations move, scale and turn the image on its white background and never touch colour
    (colour is what tells "red heart" from "blue heart"). AdamW, linear warm-up, cosine decay.
 4. Checkpoints every --ckpt-minutes (atomic), exports every --export-minutes and at the end to
@@ -93,6 +94,7 @@ class Rendition:
     style: str
     caption: str
     path: Path
+    tags: tuple[str, ...] = ()
 
 
 @dataclass
@@ -133,7 +135,8 @@ def load_dataset(root: Path, val_byte: int = 16) -> Dataset:
                 f"error: {manifest}: {m['id']} has split {m['split']!r} but the held-out rule "
                 f"says {'heldout' if held else 'train'} for entity {m['entity']!r}"
             )
-        r = Rendition(m["id"], m["entity"], m["style"], m["caption"], root / m["files"]["64"])
+        r = Rendition(m["id"], m["entity"], m["style"], m["caption"], root / m["files"]["64"],
+                      tuple(m.get("tags") or ()))
         lic = license_counts.setdefault(m["style"], {})
         lic[m.get("license", "?")] = lic.get(m.get("license", "?"), 0) + 1
         if held:
@@ -338,20 +341,30 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (y + 1.0).clamp(0, 1)
 
 
-def texts_for(rs: list[Rendition], g: random.Random, p_caption: float, p_template: float):
-    """One text per rendition and its kind: the caption, "<entity> in <style> style", or the name."""
+def with_tags(r: Rendition) -> str:
+    return f"{r.caption}: {', '.join(r.tags)}" if r.tags else r.caption
+
+
+def texts_for(rs: list[Rendition], g: random.Random, p_caption: float, p_template: float,
+              p_tags: float):
+    """One text per rendition and whether it names the entity only.
+
+    The caption, "<entity> in <style> style" (the product's prompt), the caption with the
+    entity's tags (words shared across entities, which is what lets an unseen name land near
+    its relatives), or the bare name.
+    """
     texts, entity_only = [], []
     for r in rs:
         u = g.random()
         if u < p_caption:
             texts.append(r.caption)
-            entity_only.append(False)
         elif u < p_caption + p_template:
             texts.append(f"{r.entity} in {r.style} style")
-            entity_only.append(False)
+        elif u < p_caption + p_template + p_tags:
+            texts.append(with_tags(r))
         else:
             texts.append(r.entity)
-            entity_only.append(True)
+        entity_only.append(texts[-1] == r.entity)
     return texts, entity_only
 
 
@@ -502,13 +515,12 @@ def plot_loss(history: list[dict], evals: list[dict], path: Path, title: str) ->
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     steps = [h["step"] for h in history]
     loss = [h["loss"] for h in history]
-    ema, sm = [], None
-    for v in loss:
-        sm = v if sm is None else 0.98 * sm + 0.02 * v
-        ema.append(sm)
+    w = max(1, min(50, len(loss) // 20))  # trailing mean over w steps
+    csum = np.cumsum([0.0] + loss)
+    ema = [(csum[i + 1] - csum[max(0, i + 1 - w)]) / min(w, i + 1) for i in range(len(loss))]
     ax = axes[0]
     ax.plot(steps, loss, color="#9ecae1", lw=0.6, label="loss (per step)")
-    ax.plot(steps, ema, color="#08519c", lw=1.5, label="smoothed")
+    ax.plot(steps, ema, color="#08519c", lw=1.5, label=f"mean of {w} steps")
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss")
     ax.set_title(title, fontsize=9)
@@ -626,6 +638,17 @@ def write_model_card(dst: Path, rec: dict) -> None:
         for style, lics in sorted(data["licenses_by_style"].items())
     )
     sp = ev.get("heldout_style_pick", {})
+
+    def ratio_line(ev: dict) -> str:
+        parts = []
+        for key, name in [("heldout_text_to_image", "zero-shot text→image"),
+                          ("heldout_image_to_image", "held-out image→image")]:
+            e = ev.get(key) or {}
+            ch = e.get("chance_top1") or (1 / max(1, data["entities_heldout"]))
+            if e.get("top1") is not None:
+                parts.append(f"{name} top-1 is {e['top1'] / ch:.0f}× chance ({fmt_pct(ch)})")
+        return ("On the held-out entities, " + "; ".join(parts) + ".") if parts else ""
+
     card = f"""# reimagen CLIP (small, 64×64, trained on multi-style emoji)
 
 The project's own small CLIP: the embedder `reimagen init` uses by default and the text encoder
@@ -660,9 +683,9 @@ never trained on: neither its images nor its captions (the tokenizer never saw t
 The trainer recomputes the rule and stops if the manifest disagrees.
 
 Training texts: the caption ({c['p_caption']:.0%}), "<entity> in <style> style" ({c['p_template']:.0%}),
-or the bare entity name ({1 - c['p_caption'] - c['p_template']:.0%}, which matches every rendition of the entity in
-the batch). Augmentations: random shift (±{int(0.15 * 32)} px), scale (0.8–1.15), rotation (±10°) on the white
-background; never colour, never flips.
+the caption with the entity's tags ({c['p_tags']:.0%}), or the bare entity name
+({1 - c['p_caption'] - c['p_template'] - c['p_tags']:.0%}, which matches every rendition of the entity in the batch). Augmentations: random shift (±{int(0.15 * 32)} px), scale (0.8–1.15) and rotation (±10°)
+on the white background; never colour, never flips.
 
 ## Training run
 
@@ -690,10 +713,7 @@ background; never colour, never flips.
 Held-out style pick (the caption picks the right style among one held-out entity's renditions):
 {fmt_pct(sp.get('top1'))} over {sp.get('queries', 0)} queries (chance {fmt_pct(sp.get('chance_top1'))}).
 
-What it means: this is a small model trained for hours on a CPU; it tells styles and colours
-apart and finds other renditions of an entity from one image (image→image, what `similar` and
-the generator's retrieval lean on) far better than it matches unseen entity names
-(zero-shot text→image), which needs words it learned from other entities.
+{ratio_line(ev)}
 
 ## License
 
@@ -716,7 +736,7 @@ def parse_args(argv=None):
     ap.add_argument("--data", type=Path, default=Path("/work/data/emoji"))
     ap.add_argument("--out", type=Path, default=Path("/work/runs/clip"))
     ap.add_argument("--export-dir", type=Path, default=None, help="default: OUT/export")
-    ap.add_argument("--steps", type=int, default=12000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
@@ -724,14 +744,15 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--max-text-len", type=int, default=32)
-    ap.add_argument("--vision-width", type=int, default=256)
+    ap.add_argument("--vision-width", type=int, default=192)
     ap.add_argument("--vision-layers", type=int, default=6)
-    ap.add_argument("--text-width", type=int, default=256)
+    ap.add_argument("--text-width", type=int, default=192)
     ap.add_argument("--text-layers", type=int, default=4)
     ap.add_argument("--patch", type=int, default=8)
-    ap.add_argument("--embed-dim", type=int, default=256)
-    ap.add_argument("--p-caption", type=float, default=0.6)
+    ap.add_argument("--embed-dim", type=int, default=192)
+    ap.add_argument("--p-caption", type=float, default=0.5)
     ap.add_argument("--p-template", type=float, default=0.2)
+    ap.add_argument("--p-tags", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -784,7 +805,7 @@ def main(argv=None) -> None:
     if tok_path.exists():
         tok = Tokenizer.from_file(str(tok_path))
     else:
-        corpus = [r.caption for r in data.train] + [
+        corpus = [with_tags(r) for r in data.train] + [
             f"{r.entity} in {r.style} style" for r in data.train
         ]
         tok = train_tokenizer(corpus, args.vocab, args.max_text_len)
@@ -828,7 +849,8 @@ def main(argv=None) -> None:
         hist = state["history"]
         last = hist[-50:]
         cfg = {k: getattr(args, k) for k in FIXED + [
-            "steps", "lr", "min_lr_frac", "weight_decay", "warmup", "p_caption", "p_template"]}
+            "steps", "lr", "min_lr_frac", "weight_decay", "warmup", "p_caption", "p_template",
+            "p_tags"]}
         cfg |= {"vocab_size": vocab_size, "bos_token_id": sot, "eos_token_id": eot}
         return {
             "version": RECORD_VERSION,
@@ -914,7 +936,7 @@ def main(argv=None) -> None:
         rs = [data.train[i] for i in idx.tolist()]
         ts, tc0 = time.time(), time.process_time()
         x = normalise(augment(imgs["train"][idx], g))
-        texts, entity_only = texts_for(rs, rg, args.p_caption, args.p_template)
+        texts, entity_only = texts_for(rs, rg, args.p_caption, args.p_template, args.p_tags)
         ids = encode(tok, texts, args.max_text_len)
         ents = [r.entity for r in rs]
         targets = torch.eye(len(rs))
