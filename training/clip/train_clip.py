@@ -657,6 +657,14 @@ of the shipped generator. Hugging Face `CLIPModel` layout (config.json, f16 safe
 `CLIPModel.from_pretrained` and with the project's Rust loader. Trained by
 `training/clip/train_clip.py` (docs/training.md, section CLIP).
 
+```python
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+model = CLIPModel.from_pretrained("models/clip")  # f16 weights; pass dtype=torch.float32 on CPU
+tok = AutoTokenizer.from_pretrained("models/clip")
+proc = CLIPImageProcessor.from_pretrained("models/clip")
+text = model.get_text_features(**tok(["dog face in twemoji style"], return_tensors="pt")).pooler_output
+```
+
 ## Model
 
 | | vision | text |
@@ -736,7 +744,7 @@ def parse_args(argv=None):
     ap.add_argument("--data", type=Path, default=Path("/work/data/emoji"))
     ap.add_argument("--out", type=Path, default=Path("/work/runs/clip"))
     ap.add_argument("--export-dir", type=Path, default=None, help="default: OUT/export")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
