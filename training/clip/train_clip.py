@@ -103,6 +103,8 @@ class Dataset:
     val: list[Rendition]  # train entities' held-back renditions (never trained on)
     heldout: list[Rendition]  # held-out entities (never trained on, names never tokenised)
     license_counts: dict[str, dict[str, int]]  # style -> license -> renditions
+    manifest_sha256: str = ""
+    packages: tuple[str, ...] = ()  # "name@version" from build.json, when present
 
 
 def load_dataset(root: Path, val_byte: int = 16) -> Dataset:
@@ -152,7 +154,14 @@ def load_dataset(root: Path, val_byte: int = 16) -> Dataset:
             rs = [r for r in rs if r is not v]
         train.extend(rs)
     heldout.sort(key=lambda r: r.id)
-    return Dataset(train, val, heldout, license_counts)
+    packages: tuple[str, ...] = ()
+    try:
+        build = json.loads((root / "build.json").read_text())
+        packages = tuple(f"{p['name']}@{p['version']}" for p in build.get("packages", []))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        pass  # build.json is informative only
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return Dataset(train, val, heldout, license_counts, digest, packages)
 
 
 def load_images(rs: list[Rendition], size: int = 64) -> torch.Tensor:
@@ -597,8 +606,13 @@ def export(model, tok, args, record: dict, dst: Path) -> None:
     del half
     write_tokenizer_files(tok, tmp, args.max_text_len)
     write_preprocessor(tmp)
-    (tmp / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
     plot_loss(record["history"], record["evals"], tmp / "loss_curve.png", record["title"])
+    # The record keeps at most ~400 loss points (the checkpoint keeps every step).
+    hist = record["history"]
+    every = max(1, math.ceil(len(hist) / 400))
+    slim = record | {"history_every": every,
+                     "history": [h for i, h in enumerate(hist) if i % every == every - 1]}
+    (tmp / "training_record.json").write_text(json.dumps(slim, indent=1) + "\n")
     write_model_card(tmp, record)
     if dst.exists():
         old = dst.with_name(dst.name + ".old")
@@ -685,6 +699,8 @@ has renditions in several art styles. {data['entities_train']} training entities
 {data['renditions_train']} trained renditions; {data['renditions_val']} validation renditions (one held back
 from each of {data['renditions_val']} training entities: the name was trained, that image was not);
 {data['entities_heldout']} held-out entities with {data['renditions_heldout']} renditions.
+Styles: {', '.join(data['styles'])}. Packages: {', '.join(data.get('packages') or ['n/a'])};
+manifest sha256 `{data.get('manifest_sha256', '')[:16]}…`.
 
 **Held-out rule** (design.md §6): an entity whose `blake3(name as UTF-8)` first byte is < 26 is
 never trained on: neither its images nor its captions (the tokenizer never saw them either).
@@ -842,6 +858,10 @@ def main(argv=None) -> None:
         state = ckpt["state"]
         log(f"resumed from {ckpt_path} at step {state['step']}")
     del ckpt
+    if state.get("manifest_sha256", data.manifest_sha256) != data.manifest_sha256:
+        log("note: the dataset's manifest changed since the last checkpoint; training goes on "
+            "with the new one (the held-out rule does not depend on it)")
+    state["manifest_sha256"] = data.manifest_sha256
 
     imgs = {
         "train": load_images(data.train),
@@ -867,6 +887,8 @@ def main(argv=None) -> None:
             "parameters": n_params,
             "data": {
                 "dir": str(args.data),
+                "manifest_sha256": data.manifest_sha256,
+                "packages": list(data.packages),
                 "renditions_train": len(data.train),
                 "renditions_val": len(data.val),
                 "renditions_heldout": len(data.heldout),
