@@ -652,6 +652,11 @@ def write_model_card(dst: Path, rec: dict) -> None:
         for style, lics in sorted(data["licenses_by_style"].items())
     )
     sp = ev.get("heldout_style_pick", {})
+    interim = (
+        f"\n**An intermediate export** of a run still in progress (step {run['step']:,} of "
+        f"{c['steps']:,}); a later export of the same run replaces it.\n"
+        if run["step"] < c["steps"] else ""
+    )
 
     def ratio_line(ev: dict) -> str:
         parts = []
@@ -712,7 +717,7 @@ the caption with the entity's tags ({c['p_tags']:.0%}), or the bare entity name
 on the white background; never colour, never flips.
 
 ## Training run
-
+{interim}
 | | |
 |---|---|
 | steps | {run['step']:,} of {c['steps']:,} planned (batch {c['batch']}, {run['samples']:,} samples, {run['epochs']:.1f} epochs) |
