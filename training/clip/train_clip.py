@@ -546,6 +546,7 @@ def plot_loss(history: list[dict], evals: list[dict], path: Path, title: str) ->
         if pts:
             ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xlabel("step")
+    ax.set_xlim(0, max(steps[-1], 1))
     ax.set_ylabel("top-1 entity retrieval")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
