@@ -130,11 +130,10 @@ pub const HELD_OUT_BELOW: u8 = 26;
 ///
 /// ```
 /// use reimagen::dataset::is_held_out;
-/// let held: Vec<_> = ["dog face", "cat face", "flag: bhutan", "red heart"]
-///     .into_iter()
-///     .filter(|n| is_held_out(n))
-///     .collect();
-/// assert_eq!(held.len(), held.iter().filter(|n| blake3::hash(n.as_bytes()).as_bytes()[0] < 26).count());
+/// assert!(is_held_out("tokyo tower"));
+/// assert!(is_held_out("flag: australia"));
+/// assert!(!is_held_out("dog face"));
+/// assert!(!is_held_out("flag: bhutan"));
 /// ```
 pub fn is_held_out(name: &str) -> bool {
     blake3::hash(name.as_bytes()).as_bytes()[0] < HELD_OUT_BELOW
@@ -428,7 +427,7 @@ pub fn build(
         .map(|(entity, rendition)| {
             let out = write_rendition(options, &files, entity, rendition);
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % 64 == 0 || n == total {
+            if n.is_multiple_of(64) || n == total {
                 progress(Stage::Render, Progress { done: n, total });
             }
             out

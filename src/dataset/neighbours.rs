@@ -166,10 +166,10 @@ pub fn neighbours(
                 let chosen = renditions_of
                     .get(&hit.id)
                     .and_then(|ids| ids.iter().find(|c| keep(c)));
-                if let Some(id) = chosen {
-                    if !found.iter().any(|(f, _)| f == id) {
-                        found.push((id.clone(), hit.score));
-                    }
+                if let Some(id) = chosen
+                    && !found.iter().any(|(f, _)| f == id)
+                {
+                    found.push((id.clone(), hit.score));
                 }
                 if found.len() == options.per_example {
                     break;
@@ -196,7 +196,7 @@ pub fn neighbours(
             exclude_own_style,
         });
         let done = i as u64 + 1;
-        if done % 64 == 0 || done == total {
+        if done.is_multiple_of(64) || done == total {
             progress(Stage::Neighbours, Progress { done, total });
         }
     }
