@@ -525,17 +525,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One progress bar per stage of the dataset builder, replaced when the stage changes.
+/// One progress bar per stage of the dataset builder; a new stage finishes the bar before it.
 fn dataset_progress() -> impl Fn(reimagen::dataset::Stage, reimagen::Progress) + Sync {
     use reimagen::dataset::Stage;
-    let bar = ProgressBar::new(0);
-    let stage = std::sync::Mutex::new(None::<Stage>);
+    let current = std::sync::Mutex::new(None::<(Stage, ProgressBar)>);
     move |now: Stage, p: reimagen::Progress| {
-        let mut current = stage.lock().unwrap_or_else(|e| e.into_inner());
-        if *current != Some(now) {
-            if current.is_some() {
-                bar.finish();
-                bar.reset();
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_none_or(|(stage, _)| *stage != now) {
+            if let Some((_, old)) = current.take() {
+                old.finish();
             }
             let what = match now {
                 Stage::Packages => "packages  ",
@@ -544,19 +542,18 @@ fn dataset_progress() -> impl Fn(reimagen::dataset::Stage, reimagen::Progress) +
                 Stage::Neighbours => "neighbours",
                 _ => "working   ",
             };
-            bar.set_style(
+            let bar = ProgressBar::new(p.total).with_style(
                 ProgressStyle::with_template(&format!(
                     "{what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"
                 ))
                 .expect("valid template")
                 .progress_chars("=> "),
             );
-            *current = Some(now);
+            *current = Some((now, bar));
         }
-        bar.set_length(p.total);
-        bar.set_position(p.done);
-        if p.done == p.total && now != Stage::Packages {
-            bar.finish();
+        if let Some((_, bar)) = current.as_ref() {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
         }
     }
 }
@@ -583,6 +580,7 @@ fn run_dataset(command: DatasetCommand) -> anyhow::Result<ExitCode> {
                     .join("npm")
             });
             let options = dataset::BuildOptions::new(&out, &cache).sizes(sizes);
+            // The last bar is left drawn when the closure is dropped at the end of the statement.
             let report = dataset::build(&options, &dataset_progress())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
