@@ -6,7 +6,7 @@
 //!   renders them onto white ([`render`]) and writes the folder layout that `import` and `watch`
 //!   read, with `manifest.jsonl`, `entities.jsonl`, `build.json` and `LICENSES.md`.
 //! - [`is_held_out`] is the one rule that keeps an entity away from every trainer.
-//! - [`neighbours`] builds the training KB with the product's own import and writes each train
+//! - [`neighbours()`] builds the training KB with the product's own import and writes each train
 //!   rendition's top-2 BM25 neighbours (`neighbours.jsonl`), the paper's training examples.
 //!
 //! The format of what is written is the contract in docs/dataset.md.
