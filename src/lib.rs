@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod dataset;
 pub mod embed;
 pub mod error;
 pub mod ingest;

@@ -248,6 +248,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The emoji training dataset (docs/dataset.md); never touches the KB of --kb.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Fetch the emoji packages (npm pack, when not cached), render every rendition of every
+    /// entity, write images, sidecar captions, manifest and licenses, split off held-out entities.
+    Build {
+        /// Where the dataset goes [default: the XDG data directory's reimagen/emoji].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where the npm tarballs are kept [default: the XDG cache directory's reimagen/npm].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Image sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64,256")]
+        sizes: Vec<u32>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the training KB (DIR/kb-train-64) with `import` and write DIR/neighbours.jsonl: each
+    /// train rendition's top-2 BM25 neighbours, own style excluded for a seeded half.
+    Neighbours {
+        /// The dataset directory.
+        dir: PathBuf,
+        /// Seed of which half excludes its own style.
+        #[arg(long, default_value_t = 10)]
+        seed: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -327,6 +362,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 if matches!(cli.command, Command::Watch { .. }) => "info,tantivy=warn",
+        // resvg warns of every odd attribute in the emoji SVGs; the renders are checked by eye.
+        0 if matches!(cli.command, Command::Dataset(_)) => "warn,usvg=error,tiny_skia=error",
         0 => "warn",
         1 => "info,tantivy=warn",
         _ => "debug",
@@ -358,6 +395,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.kb.clone().unwrap_or_else(default_kb_dir);
     if let Command::Bench(bench) = cli.command {
         return run_bench(bench);
+    }
+    if let Command::Dataset(command) = cli.command {
+        return run_dataset(command);
     }
     if let Command::Doctor { json } = cli.command {
         let report = reimagen::tensor::doctor::report();
@@ -426,7 +466,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init { .. }
         | Command::Bench(_)
         | Command::Doctor { .. }
-        | Command::Embed { .. } => {
+        | Command::Embed { .. }
+        | Command::Dataset(_) => {
             unreachable!("handled above")
         }
         Command::Reembed { json } => reembed(&kb, json),
@@ -707,6 +748,123 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { .. } | Command::Status { .. } => unreachable!("handled above"),
+    }
+}
+
+/// One progress bar per stage of the dataset builder; a new stage finishes the bar before it.
+fn dataset_progress() -> impl Fn(reimagen::dataset::Stage, reimagen::Progress) + Sync {
+    use reimagen::dataset::Stage;
+    let current = std::sync::Mutex::new(None::<(Stage, ProgressBar)>);
+    move |now: Stage, p: reimagen::Progress| {
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_none_or(|(stage, _)| *stage != now) {
+            if let Some((_, old)) = current.take() {
+                old.finish();
+            }
+            let what = match now {
+                Stage::Packages => "packages  ",
+                Stage::Render => "rendering ",
+                Stage::Import => "importing ",
+                Stage::Neighbours => "neighbours",
+                _ => "working   ",
+            };
+            let bar = ProgressBar::new(p.total).with_style(
+                ProgressStyle::with_template(&format!(
+                    "{what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"
+                ))
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            *current = Some((now, bar));
+        }
+        if let Some((_, bar)) = current.as_ref() {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+        }
+    }
+}
+
+fn run_dataset(command: DatasetCommand) -> anyhow::Result<ExitCode> {
+    use reimagen::dataset;
+    match command {
+        DatasetCommand::Build {
+            out,
+            cache,
+            sizes,
+            json,
+        } => {
+            let out = out.unwrap_or_else(|| {
+                dirs::data_dir()
+                    .unwrap_or_else(|| PathBuf::from("."))
+                    .join("reimagen")
+                    .join("emoji")
+            });
+            let cache = cache.unwrap_or_else(|| {
+                dirs::cache_dir()
+                    .unwrap_or_else(|| PathBuf::from("."))
+                    .join("reimagen")
+                    .join("npm")
+            });
+            let options = dataset::BuildOptions::new(&out, &cache).sizes(sizes);
+            // The last bar is left drawn when the closure is dropped at the end of the statement.
+            let report = dataset::build(&options, &dataset_progress())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("dataset     {}", report.out.display());
+                println!(
+                    "entities    {} ({} held out)",
+                    report.entities, report.heldout_entities
+                );
+                println!(
+                    "renditions  {} ({} of held-out entities), {} images",
+                    report.renditions, report.heldout_renditions, report.images
+                );
+                for (style, n) in &report.per_style {
+                    println!("  {style:<22}{n}");
+                }
+                for (style, n) in &report.unmatched {
+                    println!("unmatched   {style}: {n} files name no entity (skin tones, extras)");
+                }
+                for (id, reason) in &report.failed {
+                    eprintln!("failed      {id}: {reason}");
+                }
+                println!("time        {:.1} s", report.seconds);
+            }
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        DatasetCommand::Neighbours { dir, seed, json } => {
+            let options = dataset::NeighbourOptions {
+                seed,
+                ..Default::default()
+            };
+            let report = dataset::neighbours(&dir, &options, &dataset_progress())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("training KB {}", report.kb.display());
+                println!(
+                    "imported    {} pairs ({} identical images shared)",
+                    report.imported, report.duplicates
+                );
+                println!(
+                    "examples    {} ({} excluding their own style, {} with fewer than 2 neighbours)",
+                    report.examples, report.excluding_own_style, report.short
+                );
+                println!(
+                    "neighbours  {} found, {} of the same entity",
+                    report.found, report.same_entity
+                );
+                for (path, reason) in &report.import_failed {
+                    eprintln!("failed      {}: {reason}", path.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -151,6 +151,9 @@ pub fn parse_sidecar(
 
 fn strip_key<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let trimmed = line.trim_start();
-    (trimmed.len() >= key.len() && trimmed[..key.len()].eq_ignore_ascii_case(key))
-        .then(|| &trimmed[key.len()..])
+    // `get`, not indexing: a line may hold a multi-byte character where the key would end.
+    trimmed
+        .get(..key.len())
+        .filter(|head| head.eq_ignore_ascii_case(key))
+        .map(|_| &trimmed[key.len()..])
 }
