@@ -4,8 +4,9 @@
 struct Params {
     rows: u32,
     len: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // read by l2_normalize only
+    eps: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -58,8 +59,7 @@ fn softmax(
 }
 
 // L2 normalisation over the last axis (CLIP's embeddings): x / max(‖x‖, eps), as PyTorch's
-// F.normalize. Same layout as softmax: one workgroup per row. `eps` arrives as the bits of
-// `_pad0`.
+// F.normalize. Same layout as softmax: one workgroup per row.
 @compute @workgroup_size(256, 1, 1)
 fn l2_normalize(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -83,7 +83,7 @@ fn l2_normalize(
         }
         workgroupBarrier();
     }
-    let inv = 1.0 / max(sqrt(partial[0]), bitcast<f32>(p._pad0));
+    let inv = 1.0 / max(sqrt(partial[0]), p.eps);
     for (var i = li; i < p.len; i += 256u) {
         out[base + i] = x[base + i] * inv;
     }

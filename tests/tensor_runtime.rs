@@ -52,6 +52,40 @@ fn naga_validates_every_shader_file() {
             Some(source.as_str()),
             "{name} is not in SHADERS"
         );
+        // Every uniform struct has a Rust mirror with the same fields, in order, and size.
+        let uniforms: Vec<String> = module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| g.space == naga::AddressSpace::Uniform)
+            .filter_map(|(_, g)| module.types[g.ty].name.clone())
+            .collect();
+        let mirrors = embedded.unwrap().params;
+        let mut mirrored: Vec<&str> = mirrors.iter().map(|m| m.wgsl_struct).collect();
+        mirrored.sort_unstable();
+        let mut declared: Vec<&str> = uniforms.iter().map(String::as_str).collect();
+        declared.sort_unstable();
+        assert_eq!(mirrored, declared, "{name}: uniforms without a Rust mirror");
+        for mirror in mirrors {
+            let (_, ty) = module
+                .types
+                .iter()
+                .find(|(_, t)| t.name.as_deref() == Some(mirror.wgsl_struct))
+                .unwrap_or_else(|| panic!("{name}: no struct {}", mirror.wgsl_struct));
+            let naga::TypeInner::Struct { members, span } = &ty.inner else {
+                panic!("{name}: {} is not a struct", mirror.wgsl_struct)
+            };
+            let fields: Vec<&str> = members.iter().filter_map(|m| m.name.as_deref()).collect();
+            assert_eq!(
+                fields, mirror.fields,
+                "{name}: {} fields",
+                mirror.wgsl_struct
+            );
+            assert_eq!(
+                *span as usize, mirror.size,
+                "{name}: {} is {span} bytes in WGSL, {} in Rust",
+                mirror.wgsl_struct, mirror.size
+            );
+        }
     }
     assert_eq!(
         files.len(),

@@ -3,14 +3,33 @@
 //!
 //! Not here: shape checks (`ops.rs`), the CPU version (`cpu/attention.rs`).
 
-use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
+use super::{GpuBuffer, Params as _, Shader, WgpuDevice, wgsl_params, word};
 use crate::tensor::error::{Result, TensorError};
 use crate::tensor::plan::{AttentionMask, AttentionPlan};
 
 pub(crate) const SHADER: Shader = Shader {
     name: "attention.wgsl",
     source: include_str!("../../../shaders/attention.wgsl"),
+    params: &[Params::LAYOUT],
 };
+
+wgsl_params! {
+    /// `Params` of `attention.wgsl`.
+    Params = "Params" {
+        lq: u32,
+        lk: u32,
+        d: u32,
+        dv: u32,
+        scale: f32,
+        causal: u32,
+        heads: u32,
+        mask_kind: u32,
+        mask_batch_stride: u32,
+        mask_row_stride: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
 
 /// The head size the kernel keeps in registers.
 pub(crate) const MAX_HEAD_DIM: usize = 128;
@@ -57,20 +76,20 @@ pub(crate) fn attention(
             &dummy
         }
     };
-    let params = [
-        p.lq as u32,
-        p.lk as u32,
-        p.d as u32,
-        p.dv as u32,
-        bits(p.scale),
-        p.causal as u32,
-        p.heads as u32,
+    let params = Params {
+        lq: p.lq as u32,
+        lk: p.lk as u32,
+        d: p.d as u32,
+        dv: p.dv as u32,
+        scale: p.scale,
+        causal: p.causal as u32,
+        heads: p.heads as u32,
         mask_kind,
-        mask_batch_stride as u32,
-        mask_row_stride as u32,
-        0,
-        0,
-    ];
+        mask_batch_stride: mask_batch_stride as u32,
+        mask_row_stride: mask_row_stride as u32,
+        _pad0: 0,
+        _pad1: 0,
+    };
     let grid = [
         word(OP, "query blocks", p.lq.div_ceil(QUERIES))?,
         word(OP, "batch × heads", p.batch * p.heads)?,

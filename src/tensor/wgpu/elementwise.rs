@@ -1,13 +1,37 @@
 //! Host side of `shaders/elementwise.wgsl`: unary functions and broadcast binary ops.
 
-use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
+use super::{GpuBuffer, Params as _, Shader, WgpuDevice, wgsl_params, word};
 use crate::tensor::error::{Result, TensorError};
 use crate::tensor::plan::{BinaryOp, Broadcast, UnaryOp};
 
 pub(crate) const SHADER: Shader = Shader {
     name: "elementwise.wgsl",
     source: include_str!("../../../shaders/elementwise.wgsl"),
+    params: &[UnaryParams::LAYOUT, BinaryParams::LAYOUT],
 };
+
+wgsl_params! {
+    /// `UnaryParams` of `elementwise.wgsl`.
+    UnaryParams = "UnaryParams" {
+        len: u32,
+        op: u32,
+        a: f32,
+        b: f32,
+    }
+}
+
+wgsl_params! {
+    /// `BinaryParams` of `elementwise.wgsl`: the output shape and each input's strides over it.
+    BinaryParams = "BinaryParams" {
+        len: u32,
+        rank: u32,
+        op: u32,
+        _pad: u32,
+        shape: [[u32; 4]; 2],
+        lhs_strides: [[u32; 4]; 2],
+        rhs_strides: [[u32; 4]; 2],
+    }
+}
 
 pub(crate) fn unary(d: &WgpuDevice, x: &GpuBuffer, len: usize, op: UnaryOp) -> Result<GpuBuffer> {
     const OP: &str = "unary";
@@ -26,24 +50,31 @@ pub(crate) fn unary(d: &WgpuDevice, x: &GpuBuffer, len: usize, op: UnaryOp) -> R
         &SHADER,
         "unary",
         &[x, &out],
-        &[word(OP, "input", len)?, code, bits(a), bits(b)],
+        &UnaryParams {
+            len: word(OP, "input", len)?,
+            op: code,
+            a,
+            b,
+        },
         grid,
     )?;
     Ok(out)
 }
 
-/// Packs a shape and strides (up to 8 axes) the way the kernels read them.
-pub(crate) fn pack_axes(op: &'static str, params: &mut Vec<u32>, axes: &[usize]) -> Result<()> {
+/// A shape or strides (up to 8 axes) as the kernels read them: `array<vec4<u32>, 2>`, unused
+/// axes 1.
+pub(crate) fn pack_axes(op: &'static str, axes: &[usize]) -> Result<[[u32; 4]; 2]> {
     if axes.len() > 8 {
         return Err(TensorError::shape(
             op,
             format!("at most 8 axes, got {}", axes.len()),
         ));
     }
-    for i in 0..8 {
-        params.push(word(op, "extent", axes.get(i).copied().unwrap_or(1))?);
+    let mut packed = [[1u32; 4]; 2];
+    for (i, &extent) in axes.iter().enumerate() {
+        packed[i / 4][i % 4] = word(op, "extent", extent)?;
     }
-    Ok(())
+    Ok(packed)
 }
 
 pub(crate) fn binary(
@@ -62,10 +93,15 @@ pub(crate) fn binary(
         BinaryOp::Sub => 1,
         BinaryOp::Mul => 2,
     };
-    let mut params = vec![word(OP, "output", len)?, p.shape.len() as u32, code, 0];
-    pack_axes(OP, &mut params, &p.shape)?;
-    pack_axes(OP, &mut params, &p.lhs_strides)?;
-    pack_axes(OP, &mut params, &p.rhs_strides)?;
+    let params = BinaryParams {
+        len: word(OP, "output", len)?,
+        rank: p.shape.len() as u32,
+        op: code,
+        _pad: 0,
+        shape: pack_axes(OP, &p.shape)?,
+        lhs_strides: pack_axes(OP, &p.lhs_strides)?,
+        rhs_strides: pack_axes(OP, &p.rhs_strides)?,
+    };
     let grid = ctx.elementwise_grid(OP, len)?;
     ctx.dispatch(OP, &SHADER, "binary", &[lhs, rhs, &out], &params, grid)?;
     Ok(out)

@@ -1,13 +1,32 @@
 //! Host side of `shaders/matmul.wgsl`: batched matmul and linear (transposed weights, bias).
 
-use super::{GpuBuffer, Shader, WgpuDevice, word};
+use super::{GpuBuffer, Params as _, Shader, WgpuDevice, wgsl_params, word};
 use crate::tensor::error::Result;
 use crate::tensor::plan::MatmulPlan;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "matmul.wgsl",
     source: include_str!("../../../shaders/matmul.wgsl"),
+    params: &[Params::LAYOUT],
 };
+
+wgsl_params! {
+    /// `Params` of `matmul.wgsl`.
+    Params = "Params" {
+        m: u32,
+        n: u32,
+        k: u32,
+        trans_b: u32,
+        a_batch_stride: u32,
+        b_batch_stride: u32,
+        has_bias: u32,
+        b_is_half: u32,
+        a_vec4: u32,
+        b_vec4: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
 
 /// Output rows and columns per workgroup.
 const TILE: usize = 64;
@@ -45,20 +64,20 @@ pub(crate) fn matmul(
         };
     let a4 = if a_vec4 { a } else { &dummy };
     let b4 = if b_vec4 { b } else { &dummy };
-    let params = [
-        word(OP, "M", p.m)?,
-        word(OP, "N", p.n)?,
-        word(OP, "K", p.k)?,
-        p.trans_b as u32,
-        word(OP, "lhs batch stride", p.a_batch_stride)?,
-        word(OP, "rhs batch stride", p.b_batch_stride)?,
-        bias.is_some() as u32,
-        b_is_half as u32,
-        a_vec4 as u32,
-        b_vec4 as u32,
-        0,
-        0,
-    ];
+    let params = Params {
+        m: word(OP, "M", p.m)?,
+        n: word(OP, "N", p.n)?,
+        k: word(OP, "K", p.k)?,
+        trans_b: p.trans_b as u32,
+        a_batch_stride: word(OP, "lhs batch stride", p.a_batch_stride)?,
+        b_batch_stride: word(OP, "rhs batch stride", p.b_batch_stride)?,
+        has_bias: bias.is_some() as u32,
+        b_is_half: b_is_half as u32,
+        a_vec4: a_vec4 as u32,
+        b_vec4: b_vec4 as u32,
+        _pad0: 0,
+        _pad1: 0,
+    };
     word(OP, "output", p.batch * p.m * p.n)?;
     let grid = [
         word(OP, "column tiles", p.n.div_ceil(TILE))?,

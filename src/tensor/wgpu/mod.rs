@@ -6,7 +6,9 @@
 //!
 //! Conventions every shader follows, so that one `dispatch` serves all of them: storage buffers
 //! are bindings `0..n` of group 0 in the order the host passes them, and the kernel's parameters
-//! are a uniform at binding `n`. Linear kernels run 256 invocations per workgroup and fold a 2D
+//! are a uniform at binding `n`, written from a `#[repr(C)]` Rust mirror of the WGSL struct
+//! (`wgsl_params!`; `tests/tensor_runtime.rs` checks every mirror's field names and size
+//! against the shader with naga). Linear kernels run 256 invocations per workgroup and fold a 2D
 //! grid back into a linear workgroup index so that they are not capped at 65 535 workgroups.
 
 pub(crate) mod attention;
@@ -33,7 +35,50 @@ pub struct Shader {
     pub name: &'static str,
     /// The WGSL source.
     pub source: &'static str,
+    /// The uniform parameter structs of its entry points, as the host writes them.
+    pub params: &'static [ParamsLayout],
 }
+
+/// The layout of a Rust mirror of a WGSL parameter struct: what the naga test compares with
+/// the shader, so that host and kernel agree field by field, not by word position.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamsLayout {
+    /// The struct's name in the shader, e.g. `"Params"`.
+    pub wgsl_struct: &'static str,
+    /// Its fields, in order.
+    pub fields: &'static [&'static str],
+    /// `size_of` the Rust mirror, in bytes.
+    pub size: usize,
+}
+
+/// A `#[repr(C)]` mirror of a WGSL parameter struct (u32, f32 and `[[u32; 4]; N]` fields, no
+/// implicit padding), written to the uniform buffer as its bytes.
+pub(crate) trait Params: bytemuck::Pod {
+    /// For the naga test.
+    const LAYOUT: ParamsLayout;
+}
+
+/// Declares the Rust mirror of a WGSL parameter struct, with its [`ParamsLayout`].
+macro_rules! wgsl_params {
+    ($(#[$doc:meta])* $name:ident = $wgsl:literal { $($field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+        // Read by the kernel, not by Rust.
+        #[allow(dead_code)]
+        pub(crate) struct $name {
+            $(pub(crate) $field: $ty),*
+        }
+        impl $crate::tensor::wgpu::Params for $name {
+            const LAYOUT: $crate::tensor::wgpu::ParamsLayout = $crate::tensor::wgpu::ParamsLayout {
+                wgsl_struct: $wgsl,
+                fields: &[$(stringify!($field)),*],
+                size: std::mem::size_of::<$name>(),
+            };
+        }
+    };
+}
+pub(crate) use wgsl_params;
 
 /// Every shader the runtime uses, in the order of `shaders/`.
 pub const SHADERS: &[Shader] = &[
@@ -560,14 +605,15 @@ impl GpuContext {
     }
 
     /// Records one dispatch of `entry` in `shader`: storage `buffers` at bindings `0..n`,
-    /// `params` (u32 words, f32 as bits) as a uniform at binding `n`. Submits when the batch is full.
-    pub(crate) fn dispatch(
+    /// `params` (the mirror of the entry point's WGSL struct) as a uniform at binding `n`.
+    /// Submits when the batch is full.
+    pub(crate) fn dispatch<P: Params>(
         &self,
         op: &'static str,
         shader: &Shader,
         entry: &'static str,
         buffers: &[&GpuBuffer],
-        params: &[u32],
+        params: &P,
         grid: [u32; 3],
     ) -> Result<()> {
         let max = self.limits.max_compute_workgroups_per_dimension;
@@ -583,15 +629,11 @@ impl GpuContext {
         if grid.contains(&0) {
             return Ok(());
         }
-        assert!(
-            params.len() * 4 <= PARAMS_BYTES as usize,
-            "{op}: parameters overflow"
-        );
-        let mut words = [0u32; (PARAMS_BYTES / 4) as usize];
-        words[..params.len()].copy_from_slice(params);
+        const { assert!(std::mem::size_of::<P>() <= PARAMS_BYTES as usize) };
+        let mut bytes = [0u8; PARAMS_BYTES as usize];
+        bytes[..std::mem::size_of::<P>()].copy_from_slice(bytemuck::bytes_of(params));
         let uniform = self.acquire(BufferKind::Uniform, PARAMS_BYTES)?;
-        self.queue
-            .write_buffer(&uniform, 0, bytemuck::cast_slice(&words));
+        self.queue.write_buffer(&uniform, 0, &bytes);
 
         let pipeline = self.pipeline(op, shader, entry)?;
         let layout = pipeline.get_bind_group_layout(0);
@@ -735,11 +777,6 @@ impl GpuContext {
     pub(crate) fn elementwise_grid(&self, op: &'static str, elements: usize) -> Result<[u32; 3]> {
         self.linear_grid(op, (elements as u64).div_ceil(LINEAR_WORKGROUP as u64))
     }
-}
-
-/// f32 bits, for kernel parameters.
-pub(crate) fn bits(x: f32) -> u32 {
-    x.to_bits()
 }
 
 /// A `u32` parameter from a size, or a clear error when it does not fit.

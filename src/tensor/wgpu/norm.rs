@@ -1,14 +1,29 @@
 //! Host side of `shaders/norm.wgsl`: group norm (with fused SiLU) and layer norm, one workgroup
 //! per group or row.
 
-use super::{GpuBuffer, Shader, WgpuDevice, bits, word};
+use super::{GpuBuffer, Params as _, Shader, WgpuDevice, wgsl_params, word};
 use crate::tensor::error::Result;
 use crate::tensor::plan::GroupNormPlan;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "norm.wgsl",
     source: include_str!("../../../shaders/norm.wgsl"),
+    params: &[Params::LAYOUT],
 };
+
+wgsl_params! {
+    /// `Params` of `norm.wgsl` (both entry points).
+    Params = "Params" {
+        count: u32,
+        len: u32,
+        spatial: u32,
+        channels_per_group: u32,
+        groups: u32,
+        silu: u32,
+        eps: f32,
+        _pad: u32,
+    }
+}
 
 pub(crate) fn group_norm(
     d: &WgpuDevice,
@@ -24,16 +39,16 @@ pub(crate) fn group_norm(
     word(OP, "input", elements)?;
     let count = p.images * p.groups;
     let per_group = p.channels / p.groups;
-    let params = [
-        word(OP, "groups", count)?,
-        word(OP, "group", per_group * p.spatial)?,
-        word(OP, "spatial", p.spatial.max(1))?,
-        per_group as u32,
-        p.groups as u32,
-        p.silu as u32,
-        bits(p.eps),
-        0,
-    ];
+    let params = Params {
+        count: word(OP, "groups", count)?,
+        len: word(OP, "group", per_group * p.spatial)?,
+        spatial: word(OP, "spatial", p.spatial.max(1))?,
+        channels_per_group: per_group as u32,
+        groups: p.groups as u32,
+        silu: p.silu as u32,
+        eps: p.eps,
+        _pad: 0,
+    };
     let grid = ctx.linear_grid(OP, count as u64)?;
     ctx.dispatch(
         OP,
@@ -59,7 +74,17 @@ pub(crate) fn layer_norm(
     let ctx = &d.ctx;
     let out = ctx.alloc(OP, "output", rows * len)?;
     word(OP, "input", rows * len)?;
-    let params = [rows as u32, len as u32, 1, 1, 1, 0, bits(eps), 0];
+    // The group-norm fields are unused by `layer_norm` (one "group" of one channel per row).
+    let params = Params {
+        count: word(OP, "rows", rows)?,
+        len: word(OP, "row", len)?,
+        spatial: 1,
+        channels_per_group: 1,
+        groups: 1,
+        silu: 0,
+        eps,
+        _pad: 0,
+    };
     let grid = ctx.linear_grid(OP, rows as u64)?;
     ctx.dispatch(
         OP,
