@@ -2,7 +2,7 @@
 """Parity fixtures for the Rust CLIP (src/embed/clip/, tests/clip*.rs): small random-weight
 transformers `CLIPModel`s of different shapes, run on fixed texts and images.
 
-    /work/venv/bin/python training/clip_fixtures.py [--out tests/fixtures/clip]
+    python training/clip_fixtures.py [--out tests/fixtures/clip]
 
 Pinned in training/requirements-fixtures.txt (transformers 5.24.0, torch 2.15.0, tokenizers).
 Deterministic: a fixed seed per model, synthetic images drawn from a seeded generator, so running

@@ -1,7 +1,7 @@
 """Builds tests/fixtures/reimagen/: a tiny random-weight Re-Imagen cascade and the reference
 numbers the Rust generator is checked against (docs/generator.md "Fixtures").
 
-Run from the repository root:  /work/venv/bin/python training/reimagen_fixtures.py
+Run from the repository root:  python training/reimagen_fixtures.py
 (pinned versions: training/requirements-train.txt). Deterministic: the same versions write the
 same files.
 

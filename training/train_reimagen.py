@@ -1,7 +1,7 @@
 """Trains one Re-Imagen stage (base or super-resolution) on the emoji dataset
-(/work/notes/dataset-format.md; docs/training.md has the runs and the decisions).
+(docs/dataset.md; docs/training.md has the runs and the decisions).
 
-    python training/train_reimagen.py train --data /work/data/emoji --clip models/clip \
+    python training/train_reimagen.py train --data ~/.local/share/reimagen/emoji --clip models/clip \
         --config training/reimagen/configs/base32_cpu.json --out runs/base32
     python training/train_reimagen.py train ... --resume          # continue from runs/X/checkpoint.pt
     python training/train_reimagen.py bench --data D --clip C --config CFG --seconds 60

@@ -1,6 +1,6 @@
 """Checks an exported CLIP folder (models/clip/ or a run's export) the way its users load it.
 
-    python training/clip/check_export.py models/clip [--data /work/data/emoji]
+    python training/clip/check_export.py models/clip [--data ~/.local/share/reimagen/emoji]
 
 Fails (exit 1, naming the file and the reason) unless:
 - every *.safetensors file is ≤ 15 MB and holds only f16 tensors; a sharded folder has its

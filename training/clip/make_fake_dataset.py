@@ -3,7 +3,7 @@
 Entities are coloured shapes ("red circle"), styles draw them differently (filled, outlined,
 black line art, with a shadow), so a model can learn entity-across-style the way it must on the
 real emoji sets. The split follows the real rule (blake3(name)[0] < 26 is held out), and the
-layout is /work/notes/dataset-format.md's: manifest.jsonl, entities.jsonl, 64/<split>/<slug>/
+layout is docs/dataset.md's: manifest.jsonl, entities.jsonl, 64/<split>/<slug>/
 <style>.png + .txt. Only the 64×64 images are written (the trainer reads nothing else).
 
     python training/clip/make_fake_dataset.py --out /tmp/fake-emoji

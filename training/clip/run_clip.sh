@@ -7,9 +7,9 @@
 # Not here: the trainer itself (train_clip.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DATA=${DATA:-/work/data/emoji}
-OUT=${OUT:-/work/runs/clip}
-PY=${PY:-/work/venv/bin/python}
+DATA=${DATA:-~/.local/share/reimagen/emoji}
+OUT=${OUT:-runs/clip}
+PY=${PY:-python}
 mkdir -p "$OUT"
 if [[ -f "$OUT/pid" ]] && kill -0 "$(cat "$OUT/pid")" 2>/dev/null; then
   echo "already running: pid $(cat "$OUT/pid") (log $OUT/train.log)" >&2

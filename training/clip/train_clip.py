@@ -4,7 +4,7 @@ One command, resumable: run it again with the same arguments and it continues fr
 checkpoint in --out (the tokenizer, the validation split and the data order are fixed by the
 first run). What it does, in order:
 
-1. Reads the dataset (/work/notes/dataset-format.md): the train split only. Held-out entities
+1. Reads the dataset (docs/dataset.md): the train split only. Held-out entities
    (blake3(name)[0] < 26, design.md §6) are never tokenised or trained on; the rule is re-checked
    here, not just read from the manifest. From the train entities a fixed ~6% get one rendition
    held back as validation (the entity's name is trained, that image is not).
@@ -23,7 +23,7 @@ first run). What it does, in order:
    preprocessor_config.json, a model card, the loss curve and training_record.json with the
    evaluation (validation renditions, and zero-shot on the held-out entities).
 
-    nice -n 19 python training/clip/train_clip.py --data /work/data/emoji --out /work/runs/clip
+    nice -n 19 python training/clip/train_clip.py --data ~/.local/share/reimagen/emoji --out runs/clip
 
 `--export-only` writes an export from the newest checkpoint without training (it does not touch
 the checkpoint, so it is safe beside a running run when given another --export-dir); SIGUSR1
@@ -763,8 +763,8 @@ repository root for attribution and how share-alike is treated). Renditions per 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Train the project's small CLIP (see module doc).")
-    ap.add_argument("--data", type=Path, default=Path("/work/data/emoji"))
-    ap.add_argument("--out", type=Path, default=Path("/work/runs/clip"))
+    ap.add_argument("--data", type=Path, default=Path.home() / ".local/share/reimagen/emoji")
+    ap.add_argument("--out", type=Path, default=Path("runs/clip"))
     ap.add_argument("--export-dir", type=Path, default=None, help="default: OUT/export")
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=128)
