@@ -31,6 +31,7 @@
 pub mod bench;
 pub mod embed;
 pub mod error;
+pub mod generate;
 pub mod ingest;
 pub mod kb;
 pub mod search;
@@ -42,6 +43,10 @@ pub mod watch;
 
 pub use embed::Embedder;
 pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
+pub use generate::{
+    CancelToken, GenerateError, GenerationObserver, GenerationOutput, GenerationRequest, Generator,
+    Guidance, GuidanceMode, Neighbour, SamplerKind,
+};
 pub use ingest::{CaptionRules, DecodeLimits, PairText};
 pub use kb::{
     AddOutcome, Builder, CheckReport, ImageSource, ImportReport, KbConfig, KnowledgeBase, NewPair,
