@@ -450,11 +450,13 @@ on_both_backends!(guidance_functions_match_plain_arithmetic, |dev| {
     );
     check(
         "combine joint",
-        Guidance::joint().combine(&[tpn.clone()], None).unwrap(),
+        Guidance::joint()
+            .combine(std::slice::from_ref(&tpn), None)
+            .unwrap(),
         pn.clone(),
     );
     assert!(matches!(
-        Guidance::standard(2.0).combine(&[tpn.clone()], None),
+        Guidance::standard(2.0).combine(std::slice::from_ref(&tpn), None),
         Err(GenerateError::ModelOutput { .. })
     ));
 });
