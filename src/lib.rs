@@ -32,6 +32,7 @@ pub mod bench;
 pub mod dataset;
 pub mod embed;
 pub mod error;
+pub mod generate;
 pub mod ingest;
 pub mod kb;
 pub mod search;
@@ -44,6 +45,10 @@ pub mod watch;
 
 pub use embed::{ClipEmbedder, Embedder};
 pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
+pub use generate::{
+    CancelToken, GenerateError, GenerationObserver, GenerationOutput, GenerationRequest, Generator,
+    Guidance, GuidanceMode, Neighbour, SamplerKind,
+};
 pub use ingest::{CaptionRules, DecodeLimits, PairText};
 pub use kb::{
     AddOutcome, Builder, CheckReport, EntitySummary, ImageSource, ImportReport, KbConfig,

@@ -249,11 +249,17 @@ def stage_cases(name: str, cfg: UNetConfig, seed: int, enc: TextEncoder) -> None
                       negative=negative if use_negative else None,
                       negative_valid=negative_valid if use_negative else None,
                       low_res=low, aug=aug or 0)
-        x0, trace = sample(model, sched, x_T, c, gd, sampler=sampler, steps=4, seed=seed,
+        recorder = _Recorder(model)
+        x0, trace = sample(recorder, sched, x_T, c, gd, sampler=sampler, steps=4, seed=seed,
                            record=True)
         tensors[f"{run}.x_T"] = x_T
         for i, step in enumerate(trace):
             tensors[f"{run}.x.{i}"] = step["x"]
+            # The raw model output of each branch this step ran (before guidance), so a sampler
+            # can be checked step by step without a UNet.
+            for branch, out in zip(branches(gd, step["choice"]), recorder.calls[i].chunk(
+                    len(branches(gd, step["choice"])))):
+                tensors[f"{run}.out.{i}.{branch}"] = out
             if step["noise"] is not None and step["t_prev"] >= 0:  # DDPM: the z each step added
                 tensors[f"{run}.z.{i}"] = step["noise"]
         meta["trajectories"][run] = {
@@ -262,6 +268,8 @@ def stage_cases(name: str, cfg: UNetConfig, seed: int, enc: TextEncoder) -> None
             "choices": [st["choice"] for st in trace],
             "branches_per_step": [branches(gd, st["choice"]) for st in trace],
             "x_names": [f"{run}.x.{i}" for i in range(len(trace))],
+            "out_names": [[f"{run}.out.{i}.{br}" for br in branches(gd, st["choice"])]
+                          for i, st in enumerate(trace)],
             "low_res": "call.low_res[0:1]" if low is not None else None,
         }
     save_file(pack(tensors), str(OUT / f"{name}-cases.safetensors"))
@@ -269,6 +277,19 @@ def stage_cases(name: str, cfg: UNetConfig, seed: int, enc: TextEncoder) -> None
     meta["schedule"] = {"alphas_cumprod_at": {str(tt): sched.abar(tt) for tt in
                                               sorted({*t, *sched.timesteps(4)})}}
     (OUT / f"{name}-cases.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+class _Recorder:
+    """Calls the model and keeps each call's output ([branches × B, …], branch-major)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.calls.append(out.detach().clone())
+        return out
 
 
 def _one_branch(cond: Condition, branch: str, b: int):
