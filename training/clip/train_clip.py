@@ -790,6 +790,9 @@ def parse_args(argv=None):
     ap.add_argument("--max-minutes", type=float, default=None, help="stop this invocation after")
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--export-only", action="store_true")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="with no checkpoint in OUT: start from an export (e.g. models/clip): its "
+                         "weights, tokenizer, config and step; the optimiser starts fresh")
     ap.add_argument("--bench", type=int, default=0, help="time N steps and exit")
     return ap.parse_args(argv)
 
@@ -831,6 +834,18 @@ def main(argv=None) -> None:
         f"{len(data.heldout)} held-out renditions of "
         f"{len({r.entity for r in data.heldout})} held-out entities")
 
+    init = None
+    if ckpt is None and args.init_from is not None:
+        # A fresh machine has the shipped export but not the optimiser checkpoint: continue
+        # from the export's weights and step (AdamW's moments restart, with 50 steps of warm-up).
+        init = json.loads((args.init_from / "training_record.json").read_text())
+        for k in FIXED:
+            if k in init["config"] and getattr(args, k) != init["config"][k]:
+                log(f"note: --{k.replace('_', '-')} {getattr(args, k)} differs from "
+                    f"{args.init_from}'s {init['config'][k]}; keeping the export's")
+                setattr(args, k, init["config"][k])
+        shutil.copyfile(args.init_from / "tokenizer.json", out / "tokenizer.json")
+
     tok_path = out / "tokenizer.json"
     if tok_path.exists():
         tok = Tokenizer.from_file(str(tok_path))
@@ -863,6 +878,14 @@ def main(argv=None) -> None:
         opt.load_state_dict(ckpt["opt"])
         state = ckpt["state"]
         log(f"resumed from {ckpt_path} at step {state['step']}")
+    elif init is not None:
+        exported = CLIPModel.from_pretrained(args.init_from, torch_dtype=torch.float32)
+        model.load_state_dict(exported.state_dict())
+        state["step"] = init["run"]["step"]
+        state["train_seconds"] = init["run"]["train_seconds"]
+        state["evals"] = init["evals"]
+        state["rewarm_from"] = state["step"]
+        log(f"initialised from {args.init_from} at step {state['step']} (fresh optimiser)")
     del ckpt
     if state.get("manifest_sha256", data.manifest_sha256) != data.manifest_sha256:
         log("note: the dataset's manifest changed since the last checkpoint; training goes on "
@@ -982,6 +1005,8 @@ def main(argv=None) -> None:
                     if e == ents[i]:
                         targets[i, j] = 1.0
         lr = lr_at(step, args)
+        if "rewarm_from" in state:  # a fresh optimiser after --init-from: 50 steps of warm-up
+            lr *= min(1.0, (step - state["rewarm_from"] + 1) / 50)
         for grp in opt.param_groups:
             grp["lr"] = lr
         img_e = F.normalize(model.get_image_features(pixel_values=x).pooler_output, dim=-1)
