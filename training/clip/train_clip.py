@@ -671,8 +671,8 @@ def write_model_card(dst: Path, rec: dict) -> None:
 
     card = f"""# reimagen CLIP (small, 64×64, trained on multi-style emoji)
 
-The project's own small CLIP: the embedder `reimagen init` uses by default and the text encoder
-of the shipped generator. Hugging Face `CLIPModel` layout (config.json, f16 safetensors sharded
+The project's own small CLIP: a KB's embedder (`reimagen init --embedder models/clip`) and the
+text encoder the generator is trained with. Hugging Face `CLIPModel` layout (config.json, f16 safetensors sharded
 ≤ 15 MB, tokenizer.json, preprocessor_config.json): it loads with transformers'
 `CLIPModel.from_pretrained` and with the project's Rust loader. Trained by
 `training/clip/train_clip.py` (docs/training.md, section CLIP).
