@@ -101,7 +101,11 @@ class EmojiData:
 
     def __init__(self, root, enc: TextEncoder, cfg: UNetConfig, train: dict, log=print):
         root = pathlib.Path(root)
-        manifest = [m for m in read_jsonl(root / "manifest.jsonl") if m["split"] == "train"]
+        # Only renditions that exist at the sizes this stage reads (noto has no 256 rendition).
+        keys = [train["image_key"]] + ([train["low_res_key"]] if cfg.is_super_resolution
+                                       and train.get("low_res_key") else [])
+        manifest = [m for m in read_jsonl(root / "manifest.jsonl")
+                    if m["split"] == "train" and all(k in m["files"] for k in keys)]
         by_id = {m["id"]: m for m in manifest}
         neighbours = {n["id"]: n for n in read_jsonl(root / "neighbours.jsonl") if n["id"] in by_id}
         per_entity: dict[str, int] = {}
