@@ -107,7 +107,10 @@ impl Draws for StoredDraws<'_> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 // Every trajectory of both stages, through the real UNet, ending within 1e-3 of the stored x.
@@ -239,20 +242,28 @@ on_both_backends!(the_cascade_runs_every_stage_deterministically, |dev| {
     for sampler in [SamplerKind::Ddim, SamplerKind::Ddpm, SamplerKind::Dpmpp] {
         let mut r = request();
         r.sampler = sampler;
-        let out = model.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+        let out = model
+            .generate(&r, &mut NoObserver, &CancelToken::new())
+            .unwrap();
         assert_eq!(out.stages.len(), 2);
         assert_eq!(out.stages[0].images.len(), 2);
         assert_eq!(out.images()[0].dimensions(), (16, 16));
         assert_eq!(out.provenance.neighbours.len(), 2);
         // Same seed, settings and device: bit-identical (warm cache, and a fresh cascade).
-        let again = model.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+        let again = model
+            .generate(&r, &mut NoObserver, &CancelToken::new())
+            .unwrap();
         assert_eq!(pixels(&out), pixels(&again), "{sampler:?}: same instance");
         let fresh = ReImagen::open(&fixtures(), dev).unwrap();
-        let third = fresh.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+        let third = fresh
+            .generate(&r, &mut NoObserver, &CancelToken::new())
+            .unwrap();
         assert_eq!(pixels(&out), pixels(&third), "{sampler:?}: fresh instance");
         // Another seed gives other images.
         r.seed = 8;
-        let other = model.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+        let other = model
+            .generate(&r, &mut NoObserver, &CancelToken::new())
+            .unwrap();
         assert_ne!(pixels(&out), pixels(&other), "{sampler:?}: seed 8");
     }
     // Every guidance mode, and no neighbours at all.
@@ -263,9 +274,13 @@ on_both_backends!(the_cascade_runs_every_stage_deterministically, |dev| {
     ] {
         let mut r = request();
         r.guidance = guidance;
-        model.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+        model
+            .generate(&r, &mut NoObserver, &CancelToken::new())
+            .unwrap();
         r.neighbours.clear();
-        model.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+        model
+            .generate(&r, &mut NoObserver, &CancelToken::new())
+            .unwrap();
     }
 });
 
@@ -275,7 +290,11 @@ fn cpu_and_gpu_agree_within_tolerance() {
     let r = request();
     let on = |dev: &Device| {
         let model = ReImagen::open(&fixtures(), dev).unwrap();
-        pixels(&model.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap())
+        pixels(
+            &model
+                .generate(&r, &mut NoObserver, &CancelToken::new())
+                .unwrap(),
+        )
     };
     let (a, b) = (on(&Device::Cpu), on(&gpu));
     let worst = a
@@ -293,20 +312,32 @@ on_both_backends!(neighbour_features_are_encoded_once_and_invalidated, |dev| {
     let cache = Arc::new(FeatureCache::default());
     let model = ReImagen::open_with_cache(&fixtures(), dev, cache.clone()).unwrap();
     let r = request();
-    model.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+    model
+        .generate(&r, &mut NoObserver, &CancelToken::new())
+        .unwrap();
     // Two neighbours × two stages, each once (not per step, not per branch).
     assert_eq!(cache.stats().encodes, 4);
-    model.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
-    assert_eq!(cache.stats().encodes, 4, "the second generation encodes nothing");
+    model
+        .generate(&r, &mut NoObserver, &CancelToken::new())
+        .unwrap();
+    assert_eq!(
+        cache.stats().encodes,
+        4,
+        "the second generation encodes nothing"
+    );
     assert_eq!(cache.stats().hits, 4);
     // One neighbour changed: only it is encoded again (at both stages).
     let mut changed = r.clone();
     changed.neighbours[1].image = picture(12, 201);
-    model.generate(&changed, &mut NoObserver, &CancelToken::new()).unwrap();
+    model
+        .generate(&changed, &mut NoObserver, &CancelToken::new())
+        .unwrap();
     assert_eq!(cache.stats().encodes, 6);
     // The same folder reopened shares the entries; a copy with one weight changed does not.
     let reopened = ReImagen::open_with_cache(&fixtures(), dev, cache.clone()).unwrap();
-    reopened.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+    reopened
+        .generate(&r, &mut NoObserver, &CancelToken::new())
+        .unwrap();
     assert_eq!(cache.stats().encodes, 6);
     let (_dir, copy) = copy_model();
     let shard = copy.join("sr/model-00004-of-00004.safetensors");
@@ -323,7 +354,9 @@ on_both_backends!(neighbour_features_are_encoded_once_and_invalidated, |dev| {
         edited.stage_list()[1].model_key(),
         model.stage_list()[1].model_key()
     );
-    edited.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+    edited
+        .generate(&r, &mut NoObserver, &CancelToken::new())
+        .unwrap();
     assert_eq!(cache.stats().encodes, 8, "the changed stage encodes again");
 });
 
@@ -381,25 +414,35 @@ fn bad_model_folders_get_clear_errors() {
         v["stages"][1]["resolution"] = serde_json::json!(32)
     });
     let (path, reason) = open_error(&root);
-    assert!(path.ends_with("cascade.json") && reason.contains("resolution"), "{reason}");
+    assert!(
+        path.ends_with("cascade.json") && reason.contains("resolution"),
+        "{reason}"
+    );
 
     // The SR stage alone: its low_res_size needs a stage below it.
     let (_d, root) = copy_model();
-    edit_json(&root.join("cascade.json"), |v| {
-        v["stages"] = serde_json::json!([{"name": "sr", "path": "sr", "resolution": 16}])
-    });
+    edit_json(
+        &root.join("cascade.json"),
+        |v| v["stages"] = serde_json::json!([{"name": "sr", "path": "sr", "resolution": 16}]),
+    );
     let (path, reason) = open_error(&root);
-    assert!(path.ends_with("sr/config.json") && reason.contains("low_res_size"), "{reason}");
+    assert!(
+        path.ends_with("sr/config.json") && reason.contains("low_res_size"),
+        "{reason}"
+    );
 
     // The base stage alone is a valid cascade.
     let (_d, root) = copy_model();
-    edit_json(&root.join("cascade.json"), |v| {
-        v["stages"] = serde_json::json!([{"name": "base", "path": "base", "resolution": 8}])
-    });
+    edit_json(
+        &root.join("cascade.json"),
+        |v| v["stages"] = serde_json::json!([{"name": "base", "path": "base", "resolution": 8}]),
+    );
     let one = ReImagen::open(&root, &Device::Cpu).unwrap();
     let mut r = request();
     r.steps = vec![2];
-    let out = one.generate(&r, &mut NoObserver, &CancelToken::new()).unwrap();
+    let out = one
+        .generate(&r, &mut NoObserver, &CancelToken::new())
+        .unwrap();
     assert_eq!(out.images()[0].dimensions(), (8, 8));
 
     // An unknown text encoder path.
@@ -408,7 +451,10 @@ fn bad_model_folders_get_clear_errors() {
         v["text_encoder"] = serde_json::json!("../no-such-clip")
     });
     let (path, reason) = open_error(&root);
-    assert!(path.ends_with("base/config.json") && reason.contains("no-such-clip"), "{reason}");
+    assert!(
+        path.ends_with("base/config.json") && reason.contains("no-such-clip"),
+        "{reason}"
+    );
 
     // A missing tensor (a level the config now says has attention) and a mis-shaped one.
     let (_d, root) = copy_model();
@@ -416,15 +462,22 @@ fn bad_model_folders_get_clear_errors() {
         v["attention_levels"] = serde_json::json!([0, 1])
     });
     let (path, reason) = open_error(&root);
-    assert!(path.ends_with("sr") && reason.contains("down.0.attn.0"), "{reason}");
+    assert!(
+        path.ends_with("sr") && reason.contains("down.0.attn.0"),
+        "{reason}"
+    );
     let (_d, root) = copy_model();
-    edit_json(&root.join("base/config.json"), |v| v["time_embed_dim"] = serde_json::json!(16));
+    edit_json(&root.join("base/config.json"), |v| {
+        v["time_embed_dim"] = serde_json::json!(16)
+    });
     let (_, reason) = open_error(&root);
     assert!(reason.contains("time_embed"), "{reason}");
 
     // A text_dim the CLIP folder does not have.
     let (_d, root) = copy_model();
-    edit_json(&root.join("base/config.json"), |v| v["text_dim"] = serde_json::json!(48));
+    edit_json(&root.join("base/config.json"), |v| {
+        v["text_dim"] = serde_json::json!(48)
+    });
     assert!(open_error(&root).1.contains("null_text") || open_error(&root).1.contains("text_dim"));
 }
 

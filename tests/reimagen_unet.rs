@@ -144,7 +144,15 @@ on_both_backends!(neighbour_pass_matches_the_reference, |dev| {
             .encode_neighbours(&c.tensor("neighbour_images", dev), &text)
             .unwrap();
         let keys: Vec<&str> = got.maps.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, c.meta["neighbour_feature_keys"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>());
+        assert_eq!(
+            keys,
+            c.meta["neighbour_feature_keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect::<Vec<_>>()
+        );
         assert_eq!(unet.config().neighbour_keys(), keys);
         for (key, map) in &got.maps {
             assert_close(
@@ -214,7 +222,10 @@ on_both_backends!(unet_calls_match_the_reference_per_branch, |dev| {
         let first = c.features(dev).row(0).unwrap();
         let context = unet.neighbour_context(&first).unwrap();
         assert_eq!(context.count(), 1);
-        let prompt = c.text("prompt_states", "prompt_valid", dev).repeat_row(0, 2).unwrap();
+        let prompt = c
+            .text("prompt_states", "prompt_valid", dev)
+            .repeat_row(0, 2)
+            .unwrap();
         let low_res = c
             .tensors
             .contains_key("call.low_res")
@@ -246,7 +257,10 @@ on_both_backends!(calls_that_do_not_fit_are_refused, |dev| {
     let c = cases("base");
     let unet = UNet::open(&fixtures().join("base"), dev).unwrap();
     let context = unet.neighbour_context(&c.features(dev)).unwrap();
-    let text = c.text("prompt_states", "prompt_valid", dev).repeat_row(0, 2).unwrap();
+    let text = c
+        .text("prompt_states", "prompt_valid", dev)
+        .repeat_row(0, 2)
+        .unwrap();
     let x = c.tensor("call.x_t", dev);
     let input = UNetInput {
         x_t: &x,
@@ -257,7 +271,10 @@ on_both_backends!(calls_that_do_not_fit_are_refused, |dev| {
         low_res: None,
         aug: None,
     };
-    assert!(matches!(unet.forward(&input), Err(GenerateError::Tensor(_))));
+    assert!(matches!(
+        unet.forward(&input),
+        Err(GenerateError::Tensor(_))
+    ));
     // An SR stage without its low-res input.
     let sr = UNet::open(&fixtures().join("sr"), dev).unwrap();
     let c = cases("sr");
@@ -302,7 +319,9 @@ fn model_error(folder: &Path) -> (PathBuf, String) {
 #[test]
 fn bad_stage_folders_name_the_file_and_the_reason() {
     // A tensor the config implies but the checkpoint lacks.
-    let (_d, folder) = edited_stage("base", |v| v["attention_levels"] = serde_json::json!([0, 1]));
+    let (_d, folder) = edited_stage("base", |v| {
+        v["attention_levels"] = serde_json::json!([0, 1])
+    });
     let (path, reason) = model_error(&folder);
     assert_eq!(path, folder);
     assert!(reason.contains("down.0.attn.0"), "{reason}");
@@ -313,7 +332,10 @@ fn bad_stage_folders_name_the_file_and_the_reason() {
     // Config keys: unknown, other version, impossible values.
     let (_d, folder) = edited_stage("base", |v| v["colour"] = serde_json::json!("blue"));
     let (path, reason) = model_error(&folder);
-    assert!(path.ends_with("config.json") && reason.contains("colour"), "{reason}");
+    assert!(
+        path.ends_with("config.json") && reason.contains("colour"),
+        "{reason}"
+    );
     let (_d, folder) = edited_stage("base", |v| v["format_version"] = serde_json::json!(2));
     assert!(model_error(&folder).1.contains("format_version"));
     let (_d, folder) = edited_stage("base", |v| v["neighbour_levels"] = serde_json::json!([5]));

@@ -228,11 +228,10 @@ impl NeighbourAttention {
                 let s = f.shape();
                 let (k, c, hw) = (s[0], s[1], s[2] * s[3]);
                 // Neighbour-major, then pixels row-major: index = k·h·w + y·w + x.
-                let toks = f.reshape(&[k, c, hw])?.permute(&[0, 2, 1])?.reshape(&[
-                    1,
-                    k * hw,
-                    c,
-                ])?;
+                let toks = f
+                    .reshape(&[k, c, hw])?
+                    .permute(&[0, 2, 1])?
+                    .reshape(&[1, k * hw, c])?;
                 (Tensor::concat(&[&null, &toks], 1)?, hw)
             }
             None => (null, 0),
@@ -263,40 +262,36 @@ impl NeighbourAttention {
         let k = keys.k.broadcast_to(&[b, lk, self.dim])?;
         let v = keys.v.broadcast_to(&[b, lk, self.dim])?;
         let neutral = weights.iter().all(|&w| w == 1.0);
-        let out = if neutral || keys.pixels == 0 {
-            // ln 1 = 0 everywhere (and with no neighbours there is nothing to weigh).
-            q.multi_head_attention(&k, &v, heads, None, false, self.attn.scale())?
-        } else {
-            // The kernel takes a key mask, not an additive bias, so the bias rides in one more
-            // dimension per head: q' = [q, 1], k' = [k, ln w · √d], whose scaled product is
-            // q·k/√d + ln w, exactly the reference's score.
-            let per_row = (lk - 1) / keys.pixels;
-            let sqrt_d = (d as f32).sqrt();
-            let mut bias = Vec::with_capacity(b * lk);
-            for row in 0..b {
-                bias.push(0.0);
-                for n in 0..per_row {
-                    let w = weights.get(row * per_row + n).copied().unwrap_or(0.0);
-                    let value = if w > 0.0 { w.ln() * sqrt_d } else { MASKED };
-                    bias.extend(std::iter::repeat_n(value, keys.pixels));
+        let out =
+            if neutral || keys.pixels == 0 {
+                // ln 1 = 0 everywhere (and with no neighbours there is nothing to weigh).
+                q.multi_head_attention(&k, &v, heads, None, false, self.attn.scale())?
+            } else {
+                // The kernel takes a key mask, not an additive bias, so the bias rides in one more
+                // dimension per head: q' = [q, 1], k' = [k, ln w · √d], whose scaled product is
+                // q·k/√d + ln w, exactly the reference's score.
+                let per_row = (lk - 1) / keys.pixels;
+                let sqrt_d = (d as f32).sqrt();
+                let mut bias = Vec::with_capacity(b * lk);
+                for row in 0..b {
+                    bias.push(0.0);
+                    for n in 0..per_row {
+                        let w = weights.get(row * per_row + n).copied().unwrap_or(0.0);
+                        let value = if w > 0.0 { w.ln() * sqrt_d } else { MASKED };
+                        bias.extend(std::iter::repeat_n(value, keys.pixels));
+                    }
                 }
-            }
-            let device = h.device();
-            let bias = Tensor::from_vec(bias, &[b, lk, 1, 1], &device)?
-                .broadcast_to(&[b, lk, heads, 1])?;
-            let ones = Tensor::from_vec(vec![1.0; b * lq * heads], &[b, lq, heads, 1], &device)?;
-            let q = Tensor::concat(&[&q.reshape(&[b, lq, heads, d])?, &ones], 3)?.reshape(&[
-                b,
-                lq,
-                heads * (d + 1),
-            ])?;
-            let k = Tensor::concat(&[&k.reshape(&[b, lk, heads, d])?, &bias], 3)?.reshape(&[
-                b,
-                lk,
-                heads * (d + 1),
-            ])?;
-            q.multi_head_attention(&k, &v, heads, None, false, self.attn.scale())?
-        };
+                let device = h.device();
+                let bias = Tensor::from_vec(bias, &[b, lk, 1, 1], &device)?
+                    .broadcast_to(&[b, lk, heads, 1])?;
+                let ones =
+                    Tensor::from_vec(vec![1.0; b * lq * heads], &[b, lq, heads, 1], &device)?;
+                let q = Tensor::concat(&[&q.reshape(&[b, lq, heads, d])?, &ones], 3)?
+                    .reshape(&[b, lq, heads * (d + 1)])?;
+                let k = Tensor::concat(&[&k.reshape(&[b, lk, heads, d])?, &bias], 3)?
+                    .reshape(&[b, lk, heads * (d + 1)])?;
+                q.multi_head_attention(&k, &v, heads, None, false, self.attn.scale())?
+            };
         let x = x.add(&self.attn.to_out.forward(&out)?)?;
         untokens(&x, height, width)
     }

@@ -69,7 +69,8 @@ pub fn model_key(folders: &[&Path]) -> Result<Digest> {
             let name = name.unwrap_or_default();
             h.update(&(name.len() as u64).to_le_bytes());
             h.update(name.as_bytes());
-            let mut f = std::fs::File::open(&file).map_err(|e| model_error(&file, e.to_string()))?;
+            let mut f =
+                std::fs::File::open(&file).map_err(|e| model_error(&file, e.to_string()))?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = f

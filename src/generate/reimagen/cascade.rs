@@ -17,12 +17,10 @@ use image::RgbImage;
 use serde::Deserialize;
 
 use crate::generate::guidance::Branch;
-use crate::generate::sampler::{
-    BranchModel, Schedule, SeededDraws, StageSampling, sample_stage,
-};
+use crate::generate::sampler::{BranchModel, Schedule, SeededDraws, StageSampling, sample_stage};
 use crate::generate::{
-    CancelToken, GenerateError, GenerationObserver, GenerationOutput, GenerationRequest,
-    Generator, Neighbour, Provenance, Result, StageImages, StageInfo, tensor_to_images,
+    CancelToken, GenerateError, GenerationObserver, GenerationOutput, GenerationRequest, Generator,
+    Neighbour, Provenance, Result, StageImages, StageInfo, tensor_to_images,
 };
 use crate::tensor::{Device, Tensor};
 
@@ -173,10 +171,7 @@ impl ReImagen {
             let canonical = text_folder.canonicalize().map_err(|e| {
                 model_error(
                     &config_path,
-                    format!(
-                        "key `text_encoder` names {}: {e}",
-                        text_folder.display()
-                    ),
+                    format!("key `text_encoder` names {}: {e}", text_folder.display()),
                 )
             })?;
             let text = match encoders.get(&(canonical.clone(), cfg.text_max_length)) {

@@ -142,7 +142,10 @@ impl UNetConfig {
         if self.format_version != FORMAT_VERSION {
             return bad(
                 "format_version",
-                format!("is {}, this loader reads {FORMAT_VERSION}", self.format_version),
+                format!(
+                    "is {}, this loader reads {FORMAT_VERSION}",
+                    self.format_version
+                ),
             );
         }
         if self.dtype != "float16" && self.dtype != "float32" {
@@ -210,7 +213,10 @@ impl UNetConfig {
         if self.is_super_resolution() && self.noise_aug_level >= self.num_train_timesteps.max(1) {
             return bad(
                 "noise_aug_level",
-                format!("must be < num_train_timesteps ({})", self.num_train_timesteps),
+                format!(
+                    "must be < num_train_timesteps ({})",
+                    self.num_train_timesteps
+                ),
             );
         }
         self.schedule(path)?;

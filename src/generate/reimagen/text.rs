@@ -41,7 +41,10 @@ impl TextEncoder {
     /// config, tokenizer or weights are bad, or `max_length` exceeds its positions.
     pub fn open(folder: &Path, max_length: usize, device: &Device) -> Result<TextEncoder> {
         if !folder.is_dir() {
-            return Err(model_error(folder, "the text encoder folder does not exist"));
+            return Err(model_error(
+                folder,
+                "the text encoder folder does not exist",
+            ));
         }
         let fail = |e: &dyn std::fmt::Display| model_error(folder, e.to_string());
         let config = ClipConfig::from_file(folder.join("config.json")).map_err(|e| fail(&e))?;

@@ -210,7 +210,8 @@ impl UNet {
     /// [`GenerateError::Model`] naming the file and the key or tensor (missing, mis-shaped).
     pub fn open(folder: &Path, device: &Device) -> Result<UNet> {
         let config = UNetConfig::from_file(&folder.join("config.json"))?;
-        let weights = Weights::open(folder, device).map_err(|e| model_error(folder, e.to_string()))?;
+        let weights =
+            Weights::open(folder, device).map_err(|e| model_error(folder, e.to_string()))?;
         UNet::new(weights, config).map_err(|e| match e {
             GenerateError::Tensor(e) => model_error(folder, e.to_string()),
             other => other,
@@ -364,7 +365,10 @@ impl UNet {
                 self.config.text_dim
             )));
         }
-        let null = self.null_text.reshape(&[1, 1, d])?.broadcast_to(&[b, 1, d])?;
+        let null = self
+            .null_text
+            .reshape(&[1, 1, d])?
+            .broadcast_to(&[b, 1, d])?;
         let ctx = Tensor::concat(&[&null, &text.states], 1)?;
         let mut keep = Vec::with_capacity(b * (l + 1));
         for row in text.valid.chunks(l.max(1)) {
@@ -459,9 +463,7 @@ impl UNet {
                 h = upsample.forward(&h.upsample_nearest2x()?)?;
             }
         }
-        Ok(self
-            .conv_out
-            .forward(&self.norm_out.forward_silu(&h)?)?)
+        Ok(self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?)
     }
 
     /// The neighbours' feature maps: `images` `[K, 3, S, S]` in [−1, 1] at the stage's
@@ -495,9 +497,7 @@ impl UNet {
             false => images.clone(),
         };
         let out = self.dstack(self.conv_in.forward(&x)?, &es, &ctx, &mask, None)?;
-        Ok(NeighbourFeatures {
-            maps: out.features,
-        })
+        Ok(NeighbourFeatures { maps: out.features })
     }
 
     /// The neighbour attentions' keys and values for `features` (K may be 0: the null key
@@ -565,13 +565,7 @@ impl UNet {
         let es = self.embed_time(input.t, input.aug)?;
         let (ctx, mask) = self.text_context(input.text)?;
         let h = self.conv_in.forward(&x)?;
-        let out = self.dstack(
-            h,
-            &es,
-            &ctx,
-            &mask,
-            Some((input.neighbours, input.weights)),
-        )?;
+        let out = self.dstack(h, &es, &ctx, &mask, Some((input.neighbours, input.weights)))?;
         self.ustack(out.h, out.skips, &es, &ctx, &mask)
     }
 }
