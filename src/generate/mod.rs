@@ -6,10 +6,11 @@
 //! [`CancelToken`]. The samplers live in [`sampler`], the guidance arithmetic in [`guidance`]
 //! (docs/generator.md §6–§7).
 //!
-//! Not here: the UNet and the cascade (they implement [`sampler::BranchModel`] and
-//! [`Generator`]), retrieval of the neighbours (the knowledge base does that and hands them in).
+//! Not here: the UNet and the cascade ([`reimagen`]: they implement [`sampler::BranchModel`]
+//! and [`Generator`]), retrieval of the neighbours (the knowledge base does that and hands them in).
 
 pub mod guidance;
+pub mod reimagen;
 pub mod sampler;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use image::RgbImage;
 use crate::tensor::{Tensor, TensorError};
 
 pub use guidance::{Branch, Guidance, GuidanceMode, InterleavedChoice, TextSource};
+pub use reimagen::ReImagen;
 pub use sampler::{
     BetaSchedule, BranchModel, Draws, PredictionType, SamplerKind, Schedule, ScheduleConfig,
     SeededDraws, Thresholding,
@@ -63,6 +65,15 @@ pub enum GenerateError {
         found: Vec<usize>,
         /// The shape expected.
         expected: Vec<usize>,
+    },
+    /// A model folder is unusable (missing or malformed file, missing or mis-shaped tensor,
+    /// impossible setting): names the file and the reason.
+    #[error("model {path}: {reason}")]
+    Model {
+        /// The file or folder at fault, e.g. `MODEL/base/config.json`.
+        path: std::path::PathBuf,
+        /// Why it cannot be used, naming the key or tensor.
+        reason: String,
     },
     /// The tensor runtime failed.
     #[error(transparent)]
