@@ -9,7 +9,9 @@
 //! Not here: the UNet and the cascade (they implement [`sampler::BranchModel`] and
 //! [`Generator`]), retrieval of the neighbours (the knowledge base does that and hands them in).
 
+mod from_kb;
 pub mod guidance;
+pub mod open;
 pub mod sampler;
 
 use std::sync::Arc;
@@ -19,6 +21,10 @@ use image::RgbImage;
 
 use crate::tensor::{Tensor, TensorError};
 
+pub use from_kb::{
+    ChosenNeighbour, GenerationRecord, KbGeneration, NeighbourChoice, NeighbourSelection,
+    NeighbourSource, RetrievalRecord, StageRecord, WrittenImage,
+};
 pub use guidance::{Branch, Guidance, GuidanceMode, InterleavedChoice, TextSource};
 pub use sampler::{
     BetaSchedule, BranchModel, Draws, PredictionType, SamplerKind, Schedule, ScheduleConfig,
@@ -43,6 +49,15 @@ pub enum GenerateError {
         /// The config.json key, e.g. `"beta_end"`.
         key: &'static str,
         /// Why it is refused.
+        reason: String,
+    },
+    /// The model folder is missing, unreadable or not a generator model (a user mistake): names
+    /// the file and why.
+    #[error("generator model {path}: {reason}")]
+    Model {
+        /// The folder or file.
+        path: std::path::PathBuf,
+        /// Why it cannot be used.
         reason: String,
     },
     /// The caller cancelled through its [`CancelToken`].
