@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use common::{ToyEmbedder, colour_png};
@@ -515,6 +516,38 @@ fn images_are_written_per_stage_and_batch_row() {
     assert_eq!(last.dimensions(), (16, 16));
     assert_eq!(&last, &generation.output.images()[1]);
     assert_eq!(serde_json::to_value(&written[0]).unwrap()["final"], false);
+
+    // With the provenance next to them.
+    let provenance = generation
+        .write(&out, false, Path::new("models/tiny"), "cpu")
+        .unwrap();
+    assert_eq!(provenance.path, dir.path().join("out/cat.json"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&provenance.path).unwrap()).unwrap();
+    assert_eq!(json["prompt"], "blue square");
+    assert_eq!(json["seed"], 7);
+    assert_eq!(json["batch_size"], 2);
+    assert_eq!(json["steps"], serde_json::json!([3, 2]));
+    assert_eq!(json["model"], "models/tiny");
+    assert_eq!(json["device"], "cpu");
+    assert_eq!(json["generator"], "mean-of-neighbours");
+    let files: Vec<&str> = json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 2);
+    assert!(files[0].ends_with("cat-1.png") && files[1].ends_with("cat-2.png"));
+    let neighbours = json["neighbours"].as_array().unwrap();
+    assert_eq!(neighbours.len(), 2);
+    for (n, chosen) in neighbours.iter().zip(&generation.record.neighbours) {
+        assert_eq!(n["id"].as_str().unwrap(), chosen.id.to_hex());
+        assert!(n["caption"].as_str().unwrap().contains("blue square"));
+        assert!(n["score"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(json["stages"][1]["resolution"], 16);
+    assert!(json.get("path").is_none());
 
     // One image, final stage only: exactly the name asked for.
     let generation = generate(&kb, request("blue square"), &NeighbourChoice::retrieve(2)).unwrap();

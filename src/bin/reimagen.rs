@@ -1650,25 +1650,15 @@ fn generate(dir: &Path, args: GenerateArgs) -> anyhow::Result<ExitCode> {
     for w in &generation.record.warnings {
         eprintln!("warning: {w}");
     }
-    let files = generation.write_images(&args.out, args.all_stages)?;
-    let mut provenance = serde_json::to_value(&generation.record)?;
-    provenance["model"] = serde_json::json!(model);
-    provenance["device"] = serde_json::json!(device.name());
-    provenance["files"] = serde_json::to_value(&files)?;
-    let provenance_path = args.out.with_extension("json");
-    std::fs::write(
-        &provenance_path,
-        serde_json::to_string_pretty(&provenance)? + "\n",
-    )
-    .with_context(|| format!("{}: cannot write the provenance", provenance_path.display()))?;
+    let provenance = generation.write(&args.out, args.all_stages, &model, &device.name())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&provenance)?);
     } else {
-        for f in files.iter().filter(|f| f.final_stage) {
+        for f in provenance.files.iter().filter(|f| f.final_stage) {
             println!("wrote {}", f.path.display());
         }
-        println!("provenance {}", provenance_path.display());
-        for n in &generation.record.neighbours {
+        println!("provenance {}", provenance.path.display());
+        for n in &provenance.record.neighbours {
             let score = n.score.map_or("given".to_string(), |s| format!("{s:.4}"));
             println!("neighbour {}  {score:>8}  {}", n.id.short(), n.caption);
         }

@@ -210,7 +210,54 @@ pub struct WrittenImage {
     pub final_stage: bool,
 }
 
+/// The provenance file [`KbGeneration::write`] puts next to the images: the record, the model
+/// folder, the device and the files written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProvenanceFile {
+    /// Where it was written (`NAME.json`; not part of the JSON).
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// Prompt, settings, generator, neighbours, stages, warnings.
+    #[serde(flatten)]
+    pub record: GenerationRecord,
+    /// The generator model folder.
+    pub model: PathBuf,
+    /// The device it ran on.
+    pub device: String,
+    /// The PNGs written.
+    pub files: Vec<WrittenImage>,
+}
+
 impl KbGeneration {
+    /// Writes the images ([`KbGeneration::write_images`]) and, as `out` with the extension
+    /// `.json`, the provenance: the record plus `model`, `device` and `files`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file that could not be written.
+    pub fn write(
+        &self,
+        out: &Path,
+        all_stages: bool,
+        model: &Path,
+        device: &str,
+    ) -> Result<ProvenanceFile> {
+        let files = self.write_images(out, all_stages)?;
+        let provenance = ProvenanceFile {
+            path: out.with_extension("json"),
+            record: self.record.clone(),
+            model: model.to_path_buf(),
+            device: device.to_string(),
+            files,
+        };
+        let text = serde_json::to_string_pretty(&provenance).map_err(std::io::Error::other);
+        text.and_then(|t| std::fs::write(&provenance.path, t + "\n"))
+            .map_err(|source| Error::Io {
+                path: provenance.path.clone(),
+                source,
+            })?;
+        Ok(provenance)
+    }
+
     /// Writes the last stage's images as PNG to `out` (`NAME-1.png`, `NAME-2.png`, … beside
     /// it when the batch holds several) and, with `all_stages`, every lower stage's images as
     /// `NAME.STAGE.png` (`NAME-1.STAGE.png`, …). Returns what was written, in that order.

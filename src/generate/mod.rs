@@ -23,7 +23,7 @@ use crate::tensor::{Tensor, TensorError};
 
 pub use from_kb::{
     ChosenNeighbour, GenerationRecord, KbGeneration, NeighbourChoice, NeighbourSelection,
-    NeighbourSource, RetrievalRecord, StageRecord, WrittenImage,
+    NeighbourSource, ProvenanceFile, RetrievalRecord, StageRecord, WrittenImage,
 };
 pub use guidance::{Branch, Guidance, GuidanceMode, InterleavedChoice, TextSource};
 pub use sampler::{
