@@ -2,7 +2,10 @@
 //!
 //! What the user did wrong (a bad file, a bad caption, a query the KB cannot answer) is kept apart
 //! from what broke inside (LMDB, an index, I/O): see [`Error::is_user_error`]. Every message names
-//! the file, key or id it is about.
+//! the file, key or id it is about. The generator's ([`crate::generate::GenerateError`]) and the
+//! dataset builder's ([`crate::dataset::DatasetError`]) errors convert into [`Error`] too.
+//!
+//! Not here: the errors of the tensor runtime, CLIP and the watcher (in their modules).
 
 use std::path::PathBuf;
 
@@ -197,6 +200,12 @@ pub enum Error {
     /// The folder-watching daemon failed or was given a bad folder.
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
+    /// A generation was refused (impossible settings, a bad model folder), cancelled, or failed.
+    #[error(transparent)]
+    Generate(#[from] crate::generate::GenerateError),
+    /// The training-dataset builder failed (boxed: it can itself hold a KB error).
+    #[error(transparent)]
+    Dataset(Box<crate::dataset::DatasetError>),
     /// The query is not valid.
     #[error("invalid query: {0}")]
     Query(String),
@@ -224,12 +233,32 @@ pub enum Error {
     },
 }
 
+impl From<crate::dataset::DatasetError> for Error {
+    /// A KB error the dataset builder passed on comes back as itself, not wrapped twice.
+    fn from(e: crate::dataset::DatasetError) -> Self {
+        match e {
+            crate::dataset::DatasetError::Kb(inner) => inner,
+            other => Error::Dataset(Box::new(other)),
+        }
+    }
+}
+
 impl Error {
-    /// True when the error is about something the user gave (a file, a caption, a query, an id),
-    /// false when something broke inside.
+    /// True when the error is about something the user gave (a file, a caption, a query, an id,
+    /// a generation setting, a model folder), false when something broke inside.
     pub fn is_user_error(&self) -> bool {
-        if let Error::Model(ModelError::Clip { source, .. }) = self {
-            return source.is_user_error();
+        use crate::generate::GenerateError;
+        match self {
+            Error::Model(ModelError::Clip { source, .. }) => return source.is_user_error(),
+            Error::Dataset(e) => return e.is_user_error(),
+            // A cancelled generation is what the user asked for, not a failure inside.
+            Error::Generate(
+                GenerateError::InvalidRequest { .. }
+                | GenerateError::InvalidConfig { .. }
+                | GenerateError::Model { .. }
+                | GenerateError::Cancelled { .. },
+            ) => return true,
+            _ => {}
         }
         matches!(
             self,

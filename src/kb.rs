@@ -417,6 +417,7 @@ pub struct Builder {
     create: bool,
     embedder: Option<Arc<dyn Embedder>>,
     embedder_model: Option<PathBuf>,
+    generator_model: Option<PathBuf>,
     load_configured_embedder: bool,
     limits: DecodeLimits,
     captions: CaptionRules,
@@ -463,6 +464,14 @@ impl Builder {
     /// `kb.toml`, which every later open then loads: what `reimagen init --embedder` does.
     pub fn embedder_model(mut self, folder: impl Into<PathBuf>) -> Builder {
         self.embedder_model = Some(folder.into());
+        self
+    }
+
+    /// Records `folder` (a generator model: cascade.json and its stages) as the KB's generator
+    /// in `kb.toml`: what `reimagen init --generator` does. It is not loaded on open; the caller
+    /// checks it ([`crate::generate::open::check_model_folder`]).
+    pub fn generator_model(mut self, folder: impl Into<PathBuf>) -> Builder {
+        self.generator_model = Some(folder.into());
         self
     }
 
@@ -552,6 +561,12 @@ impl Builder {
         if let Some(model) = &record_model {
             config.embedder_model = Some(model.clone());
         }
+        let record_generator = self
+            .generator_model
+            .filter(|m| config.generator_model.as_ref() != Some(m));
+        if let Some(model) = &record_generator {
+            config.generator_model = Some(model.clone());
+        }
         let store = Arc::new(Store::open(&dir.join("store"), self.map_size)?);
         let (stored, pair_count) = {
             let rtxn = store.read()?;
@@ -593,7 +608,7 @@ impl Builder {
             (None, _) => None,
         };
         // Recorded only once the model has loaded, so a bad folder leaves kb.toml as it was.
-        if record_model.is_some() {
+        if record_model.is_some() || record_generator.is_some() {
             let text = toml::to_string(&config).expect("config serializes");
             fs::write(&config_path, text).map_err(io_err(&config_path))?;
         }
@@ -659,6 +674,7 @@ impl KnowledgeBase {
             create: false,
             embedder: None,
             embedder_model: None,
+            generator_model: None,
             load_configured_embedder: true,
             limits: DecodeLimits::default(),
             captions: CaptionRules::default(),

@@ -37,7 +37,14 @@ enum Command {
         /// in kb.toml.
         #[arg(long, value_name = "DIR")]
         embedder: Option<PathBuf>,
+        /// A generator model folder (cascade.json and its stages, docs/generator.md §2) for
+        /// `generate`; recorded in kb.toml.
+        #[arg(long, value_name = "DIR")]
+        generator: Option<PathBuf>,
     },
+    /// Generate images for a prompt, conditioned on neighbours retrieved from the KB (or given
+    /// by id); writes the PNG and a provenance JSON (FILE.json) next to it.
+    Generate(GenerateArgs),
     /// Print the CLIP embedding of a text or an image: {"embedding": [...], "model", "device"}.
     Embed {
         /// The text.
@@ -253,6 +260,99 @@ enum Command {
     Dataset(DatasetCommand),
 }
 
+/// The arguments of `reimagen generate`.
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// The prompt.
+    prompt: String,
+    /// Neighbours to retrieve [default: 2].
+    #[arg(short, value_name = "N")]
+    k: Option<usize>,
+    /// How neighbours are retrieved for the prompt [default: bm25].
+    #[arg(long, value_enum)]
+    mode: Option<RetrieveMode>,
+    /// Retrieve only pairs of this entity.
+    #[arg(long)]
+    entity: Option<String>,
+    /// Use this pair as a neighbour instead of retrieving (full id or unique prefix; repeatable,
+    /// in order).
+    #[arg(long = "neighbour", value_name = "ID", conflicts_with_all = ["k", "mode", "entity"])]
+    neighbours: Vec<String>,
+    /// When retrieval finds nothing, generate from the prompt alone (with a warning) instead of
+    /// failing.
+    #[arg(long)]
+    allow_no_neighbours: bool,
+    /// Guidance: interleaved (the paper's, Eq. 6), standard classifier-free, weighted, or none.
+    #[arg(long, value_enum, default_value_t = GuidanceArg::Interleaved)]
+    guidance: GuidanceArg,
+    /// Interleaving ratio (weighted: mix) η ∈ [0, 1] [default: 0.5].
+    #[arg(long, allow_negative_numbers = true)]
+    eta: Option<f32>,
+    /// Text-guidance weight w_p [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    wp: Option<f32>,
+    /// Neighbour-guidance weight w_n [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    wn: Option<f32>,
+    /// Classifier-free weight w of standard guidance [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    w: Option<f32>,
+    /// The sampler of every stage.
+    #[arg(long, value_enum, default_value_t = SamplerArg::Ddim)]
+    sampler: SamplerArg,
+    /// Steps per stage: one number for every stage, or one per stage, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "50")]
+    steps: Vec<usize>,
+    /// The seed of all noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A negative prompt (replaces the dropped text in the unconditional branches).
+    #[arg(long, value_name = "TEXT")]
+    negative: Option<String>,
+    /// The generator model folder [default: the one kb.toml names].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// The PNG to write (with --batch N: FILE-1.png … FILE-N.png); the provenance goes to the
+    /// same name with .json.
+    #[arg(long, value_name = "FILE.png", default_value = "generated.png")]
+    out: PathBuf,
+    /// Also write each lower stage's image (FILE.STAGE.png).
+    #[arg(long)]
+    all_stages: bool,
+    /// Images to generate.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    batch: usize,
+    /// Print the provenance JSON (with --dry-run: the neighbours) instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Only print the neighbours it would use (needs no model).
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// The retrievers a prompt can use (image search needs an image).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RetrieveMode {
+    Bm25,
+    Clip,
+    Hybrid,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GuidanceArg {
+    Interleaved,
+    Standard,
+    Weighted,
+    None,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SamplerArg {
+    Ddpm,
+    Ddim,
+    Dpmpp,
+}
+
 #[derive(Subcommand)]
 enum DatasetCommand {
     /// Fetch the emoji packages (npm pack, when not cached), render every rendition of every
@@ -413,7 +513,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return embed(&dir, text, image, model, json);
     }
-    if let Command::Init { language, embedder } = cli.command {
+    if let Command::Init {
+        language,
+        embedder,
+        generator,
+    } = cli.command
+    {
         let existed = dir.join("kb.toml").exists();
         let mut builder = KnowledgeBase::builder(&dir)
             .create(true)
@@ -427,6 +532,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("embedder model folder {}", model.display()))?;
             builder = builder.embedder_model(model);
         }
+        if let Some(model) = generator {
+            reimagen::generate::open::check_model_folder(&model)?;
+            let model = model
+                .canonicalize()
+                .with_context(|| format!("generator model folder {}", model.display()))?;
+            builder = builder.generator_model(model);
+        }
         let kb = builder.open()?;
         println!(
             "{} knowledge base at {}",
@@ -438,6 +550,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kb.path().display()
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Generate(args) = cli.command {
+        return generate(&dir, args);
     }
     match cli.command {
         Command::Status { json } => return watch_status(&dir, json),
@@ -467,6 +582,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Bench(_)
         | Command::Doctor { .. }
         | Command::Embed { .. }
+        | Command::Generate(_)
         | Command::Dataset(_) => {
             unreachable!("handled above")
         }
@@ -1414,4 +1530,217 @@ fn reembed(kb: &KnowledgeBase, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The request and neighbour choice `reimagen generate`'s arguments ask for.
+fn generation_settings(
+    args: &GenerateArgs,
+) -> (
+    reimagen::GenerationRequest,
+    reimagen::generate::NeighbourChoice,
+) {
+    use reimagen::generate::{Guidance, GuidanceMode, NeighbourChoice};
+    let defaults = Guidance::default();
+    let guidance = Guidance {
+        mode: match args.guidance {
+            GuidanceArg::Interleaved => GuidanceMode::Interleaved,
+            GuidanceArg::Standard => GuidanceMode::Standard,
+            GuidanceArg::Weighted => GuidanceMode::Weighted,
+            GuidanceArg::None => GuidanceMode::Joint,
+        },
+        w: args.w.unwrap_or(defaults.w),
+        w_p: args.wp.unwrap_or(defaults.w_p),
+        w_n: args.wn.unwrap_or(defaults.w_n),
+        eta: args.eta.unwrap_or(defaults.eta),
+    };
+    let mut request = reimagen::GenerationRequest::new(args.prompt.clone());
+    request.guidance = guidance;
+    request.sampler = match args.sampler {
+        SamplerArg::Ddpm => reimagen::SamplerKind::Ddpm,
+        SamplerArg::Ddim => reimagen::SamplerKind::Ddim,
+        SamplerArg::Dpmpp => reimagen::SamplerKind::Dpmpp,
+    };
+    request.steps = args.steps.clone();
+    request.seed = args.seed;
+    request.negative_prompt = args.negative.clone();
+    request.batch_size = args.batch;
+    let choice = if args.neighbours.is_empty() {
+        let mut choice = NeighbourChoice::retrieve(args.k.unwrap_or(2)).mode(match args.mode {
+            None | Some(RetrieveMode::Bm25) => SearchMode::Bm25,
+            Some(RetrieveMode::Clip) => SearchMode::Clip,
+            Some(RetrieveMode::Hybrid) => SearchMode::Hybrid,
+        });
+        if let Some(entity) = &args.entity {
+            choice = choice.entity(entity.clone());
+        }
+        choice
+    } else {
+        NeighbourChoice::ids(args.neighbours.iter().cloned())
+    };
+    (request, choice.allow_none(args.allow_no_neighbours))
+}
+
+fn generate(dir: &Path, args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let (request, choice) = generation_settings(&args);
+    // Impossible settings are refused before anything is opened or loaded.
+    request.validate().map_err(reimagen::Error::from)?;
+    let kb = KnowledgeBase::builder(dir)
+        .progress(rebuild_progress())
+        .open()
+        .with_context(|| format!("opening knowledge base {}", dir.display()))?;
+    if args.dry_run {
+        let selection = kb.choose_neighbours(&request.prompt, &choice)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&selection)?);
+        } else {
+            for w in &selection.warnings {
+                eprintln!("warning: {w}");
+            }
+            if selection.neighbours.is_empty() {
+                println!("no neighbours");
+            }
+            for (i, n) in selection.neighbours.iter().enumerate() {
+                let score = n.score.map_or("given".to_string(), |s| format!("{s:.4}"));
+                println!(
+                    "{:>2}. {}  {:>8}  {:<18} {}",
+                    i + 1,
+                    n.id.short(),
+                    score,
+                    n.entity.as_deref().unwrap_or("-"),
+                    n.caption
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => kb
+            .config()
+            .generator_model
+            .as_ref()
+            .map(|m| dir.join(m))
+            .with_context(|| {
+                format!(
+                    "no --model given and the knowledge base {} names no generator model; give --model DIR or record one with `reimagen init --generator DIR`",
+                    dir.display()
+                )
+            })?,
+    };
+    let device = reimagen::Device::from_env()?;
+    let generator = {
+        let bar = spinner(&format!("loading {}", model.display()));
+        let generator = reimagen::generate::open::open_generator(&model, &device)
+            .map_err(reimagen::Error::from);
+        bar.finish_and_clear();
+        generator?
+    };
+    let cancel = reimagen::CancelToken::new();
+    cancel_on_ctrl_c(cancel.clone());
+    let mut observer = StageBars::new(generator.stages());
+    let result = kb.generate(generator.as_ref(), request, &choice, &mut observer, &cancel);
+    observer.finish(result.is_ok());
+    let generation = match result {
+        Err(reimagen::Error::Generate(e @ reimagen::GenerateError::Cancelled { .. })) => {
+            eprintln!("{e}; nothing written");
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
+    for w in &generation.record.warnings {
+        eprintln!("warning: {w}");
+    }
+    let provenance = generation.write(&args.out, args.all_stages, &model, &device.name())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&provenance)?);
+    } else {
+        for f in provenance.files.iter().filter(|f| f.final_stage) {
+            println!("wrote {}", f.path.display());
+        }
+        println!("provenance {}", provenance.path.display());
+        for n in &provenance.record.neighbours {
+            let score = n.score.map_or("given".to_string(), |s| format!("{s:.4}"));
+            println!("neighbour {}  {score:>8}  {}", n.id.short(), n.caption);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `cancel` on the first Ctrl-C (the generation stops before its next step); a second
+/// one exits at once.
+fn cancel_on_ctrl_c(cancel: reimagen::CancelToken) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            eprintln!("\ncancelling after this step (Ctrl-C again to quit at once)");
+            cancel.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+/// One progress bar per stage of the cascade; a new stage finishes the bar before it.
+struct StageBars {
+    stages: Vec<reimagen::generate::StageInfo>,
+    current: Option<(usize, ProgressBar)>,
+}
+
+impl StageBars {
+    fn new(stages: Vec<reimagen::generate::StageInfo>) -> Self {
+        Self {
+            stages,
+            current: None,
+        }
+    }
+
+    /// Ends the current bar, full when its stage completed, else where it stopped.
+    fn finish(&mut self, completed: bool) {
+        if let Some((_, bar)) = self.current.take() {
+            if completed && let Some(len) = bar.length() {
+                bar.set_position(len);
+            }
+            bar.finish();
+        }
+    }
+}
+
+impl reimagen::GenerationObserver for StageBars {
+    fn progress(&mut self, p: &reimagen::generate::Progress) {
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|(stage, _)| *stage != p.stage)
+        {
+            self.finish(true);
+            let name = self.stages.get(p.stage).map_or_else(
+                || format!("stage {}", p.stage + 1),
+                |s| format!("{} {}²", s.name, s.resolution),
+            );
+            let bar = ProgressBar::new(p.steps as u64).with_style(
+                ProgressStyle::with_template(&format!(
+                    "{}/{} {name:<12} [{{bar:40}}] {{pos}}/{{len}} steps ({{per_sec}}, eta {{eta}})",
+                    p.stage + 1,
+                    p.stages
+                ))
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            self.current = Some((p.stage, bar));
+        }
+        if let Some((_, bar)) = &self.current {
+            bar.set_length(p.steps as u64);
+            // Sent before each step: the steps before it are done.
+            bar.set_position(p.step as u64);
+        }
+    }
 }

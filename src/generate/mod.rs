@@ -9,7 +9,9 @@
 //! Not here: the UNet and the cascade ([`reimagen`]: they implement [`sampler::BranchModel`]
 //! and [`Generator`]), retrieval of the neighbours (the knowledge base does that and hands them in).
 
+mod from_kb;
 pub mod guidance;
+pub mod open;
 pub mod reimagen;
 pub mod sampler;
 
@@ -20,6 +22,10 @@ use image::RgbImage;
 
 use crate::tensor::{Tensor, TensorError};
 
+pub use from_kb::{
+    ChosenNeighbour, GenerationRecord, KbGeneration, NeighbourChoice, NeighbourSelection,
+    NeighbourSource, ProvenanceFile, RetrievalRecord, StageRecord, WrittenImage,
+};
 pub use guidance::{Branch, Guidance, GuidanceMode, InterleavedChoice, TextSource};
 pub use reimagen::ReImagen;
 pub use sampler::{
@@ -47,6 +53,15 @@ pub enum GenerateError {
         /// Why it is refused.
         reason: String,
     },
+    /// A generator model folder is unusable (a user mistake): missing or malformed file,
+    /// missing or mis-shaped tensor, impossible setting; names the file and the reason.
+    #[error("generator model {path}: {reason}")]
+    Model {
+        /// The file or folder at fault, e.g. `MODEL/base/config.json`.
+        path: std::path::PathBuf,
+        /// Why it cannot be used, naming the key or tensor.
+        reason: String,
+    },
     /// The caller cancelled through its [`CancelToken`].
     #[error("generation cancelled at stage {stage}, before step {step}")]
     Cancelled {
@@ -65,15 +80,6 @@ pub enum GenerateError {
         found: Vec<usize>,
         /// The shape expected.
         expected: Vec<usize>,
-    },
-    /// A model folder is unusable (missing or malformed file, missing or mis-shaped tensor,
-    /// impossible setting): names the file and the reason.
-    #[error("model {path}: {reason}")]
-    Model {
-        /// The file or folder at fault, e.g. `MODEL/base/config.json`.
-        path: std::path::PathBuf,
-        /// Why it cannot be used, naming the key or tensor.
-        reason: String,
     },
     /// The tensor runtime failed.
     #[error(transparent)]
