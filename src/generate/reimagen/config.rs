@@ -20,42 +20,74 @@ pub const FORMAT_VERSION: u32 = 1;
 /// A stage's `config.json`: every key of the reference's `UNetConfig`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)] // each key is documented in docs/generator.md §3
 pub struct UNetConfig {
+    /// `"reimagen_unet"`.
     pub model_type: String,
+    /// The format version (1).
     pub format_version: u32,
+    /// Storage type of the shards: `"float16"` or `"float32"` (compute is f32).
     pub dtype: String,
+    /// S, the stage's output resolution.
     pub sample_size: usize,
+    /// Image channels in (3).
     pub in_channels: usize,
+    /// Channels out (3: ε or v).
     pub out_channels: usize,
+    /// `None` for a base stage, else the low-resolution input's size.
     pub low_res_size: Option<usize>,
+    /// `C_i` per level; level i runs at `S / 2^i`.
     pub block_channels: Vec<usize>,
+    /// ResBlocks per down level (the up levels have one more).
     pub layers_per_block: usize,
+    /// Levels with a TransformerBlock after every ResBlock.
     pub attention_levels: Vec<usize>,
+    /// Levels whose last down block is followed by neighbour attention.
     pub neighbour_levels: Vec<usize>,
+    /// Head size of every attention.
     pub attention_head_dim: usize,
+    /// TransformerBlock feed-forward width = C · ff_mult.
     pub ff_mult: usize,
+    /// GroupNorm groups.
     pub norm_groups: usize,
+    /// GroupNorm ε.
     pub norm_eps: f32,
+    /// LayerNorm ε.
     pub layer_norm_eps: f32,
+    /// E, the timestep-embedding MLP width.
     pub time_embed_dim: usize,
+    /// `[cos | sin]` order when true.
     pub time_flip_sin_to_cos: bool,
+    /// diffusers' `downscale_freq_shift`.
     pub time_freq_shift: f32,
+    /// The sinusoid's max period (10000).
     pub time_max_period: f32,
+    /// The CLIP folder, relative to the stage folder.
     pub text_encoder: String,
+    /// D_t, the CLIP text tower's hidden size.
     pub text_dim: usize,
+    /// L, tokens per caption.
     pub text_max_length: usize,
+    /// `"epsilon"` or `"v_prediction"`.
     pub prediction_type: String,
+    /// `"linear"` or `"cosine"`.
     pub beta_schedule: String,
+    /// T.
     pub num_train_timesteps: usize,
+    /// The linear schedule's first β.
     pub beta_start: f64,
+    /// The linear schedule's last β.
     pub beta_end: f64,
+    /// `"none"`, `"clip"` or `"dynamic"`.
     pub thresholding: String,
+    /// The quantile dynamic thresholding uses.
     pub dynamic_threshold_ratio: f64,
+    /// The upper clamp of the dynamic threshold.
     pub sample_max_value: f64,
     #[serde(default)]
+    /// SR: training draws the augmentation level from `[0, noise_aug_max)`.
     pub noise_aug_max: usize,
     #[serde(default)]
+    /// SR: the augmentation level used when sampling.
     pub noise_aug_level: usize,
 }
 
