@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{image_bytes, json, ok, reimagen, write};
 use image::ImageFormat;
 
