@@ -401,7 +401,7 @@ fn write_vit_b32_config(dir: &Path, shipped: &Path) -> Result<ClipConfig> {
 /// Writes random f16 weights for every tensor of `config` (a sum of two uniforms, σ ≈ 0.02;
 /// norms at 1 and 0): speed does not depend on the values.
 fn write_random_weights(path: &Path, config: &ClipConfig) -> Result<()> {
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = clip_tensors(&config)
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = clip_tensors(config)
         .into_par_iter()
         .enumerate()
         .map(|(k, (name, shape))| {
