@@ -7,8 +7,10 @@
 //! embedder hands back the precomputed vectors. `export` writes the same data for the peer
 //! script (`training/bench_peers.py`), so peers run on identical input.
 //!
-//! Not here: search quality (`bench/relevance.rs`, `reimagen bench relevance`).
+//! Not here: search quality (`bench/relevance.rs`, `reimagen bench relevance`); CLIP speed
+//! (`bench/clip.rs`, `reimagen bench clip`).
 
+pub mod clip;
 pub mod relevance;
 
 use std::collections::HashMap;

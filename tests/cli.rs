@@ -3,35 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-use common::{image_bytes, write};
+use common::{image_bytes, json, ok, reimagen, write};
 use image::ImageFormat;
-
-fn reimagen(kb: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reimagen"))
-        .arg("--kb")
-        .arg(kb)
-        .args(args)
-        .env_remove("REIMAGEN_KB")
-        .output()
-        .unwrap()
-}
-
-fn ok(kb: &Path, args: &[&str]) -> String {
-    let out = reimagen(kb, args);
-    assert!(
-        out.status.success(),
-        "reimagen {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(kb: &Path, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(kb, args)).unwrap()
-}
 
 #[test]
 fn a_session_from_init_to_backup() {

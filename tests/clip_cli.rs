@@ -4,38 +4,17 @@
 //! `gelu-eos` fixture of `training/clip_fixtures.py`, on the CPU backend.
 
 mod clip_support;
+mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use clip_support::*;
+use common::Cli;
 use reimagen::embed::clip::{ClipModel, WeightPrecision};
 use reimagen::tensor::Device;
 
-fn reimagen(kb: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reimagen"))
-        .arg("--kb")
-        .arg(kb)
-        .args(args)
-        .env_remove("REIMAGEN_KB")
-        .env("REIMAGEN_DEVICE", "cpu")
-        .output()
-        .unwrap()
-}
-
-fn ok(kb: &Path, args: &[&str]) -> String {
-    let out = reimagen(kb, args);
-    assert!(
-        out.status.success(),
-        "reimagen {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(kb: &Path, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(kb, args)).unwrap()
-}
+/// The CLIP tests pin the CPU backend.
+const CPU: Cli = Cli::CPU;
 
 /// A copy of the fixture model (so a test can change it) and a folder of captioned images.
 fn setup(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -74,15 +53,15 @@ fn a_kb_with_an_embedder_answers_clip_hybrid_and_similar_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let (model, photos) = setup(dir.path());
     let kb = dir.path().join("kb");
-    ok(&kb, &["init", "--embedder", model.to_str().unwrap()]);
+    CPU.ok(&kb, &["init", "--embedder", model.to_str().unwrap()]);
     let toml = std::fs::read_to_string(kb.join("kb.toml")).unwrap();
     assert!(toml.contains("embedder_model"), "{toml}");
 
-    let report = json(&kb, &["import", photos.to_str().unwrap(), "--json"]);
+    let report = CPU.json(&kb, &["import", photos.to_str().unwrap(), "--json"]);
     assert_eq!(report["added"], 3, "{report}");
 
     // The text query's nearest caption embedding is its own caption's.
-    let hits = json(
+    let hits = CPU.json(
         &kb,
         &[
             "search",
@@ -96,19 +75,19 @@ fn a_kb_with_an_embedder_answers_clip_hybrid_and_similar_from_the_cli() {
     );
     let hits = hits.as_array().unwrap();
     assert_eq!(hits.len(), 3);
-    let hybrid = json(&kb, &["search", "--mode", "hybrid", "--json", "apples"]);
+    let hybrid = CPU.json(&kb, &["search", "--mode", "hybrid", "--json", "apples"]);
     assert!(!hybrid.as_array().unwrap().is_empty());
 
     // An image finds itself first.
     let image = photos.join("things/1.png");
-    let similar = json(
+    let similar = CPU.json(
         &kb,
         &["similar", image.to_str().unwrap(), "-k", "1", "--json"],
     );
     assert_eq!(similar[0]["caption"], "a dog on the beach", "{similar}");
 
     // `embed` gives what the library gives, unit length, naming model and device.
-    let out = json(&kb, &["embed", "--text", "a photo of a cat", "--json"]);
+    let out = CPU.json(&kb, &["embed", "--text", "a photo of a cat", "--json"]);
     let got: Vec<f32> = serde_json::from_value(out["embedding"].clone()).unwrap();
     let want = ClipModel::load(&model, Device::Cpu, WeightPrecision::F32)
         .unwrap()
@@ -123,7 +102,7 @@ fn a_kb_with_an_embedder_answers_clip_hybrid_and_similar_from_the_cli() {
     assert_eq!(out["device"], "cpu");
     let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4);
-    let by_image = json(
+    let by_image = CPU.json(
         &kb,
         &[
             "embed",
@@ -142,8 +121,8 @@ fn a_changed_model_keeps_bm25_refuses_clip_until_reembed() {
     let dir = tempfile::tempdir().unwrap();
     let (model, photos) = setup(dir.path());
     let kb = dir.path().join("kb");
-    ok(&kb, &["init", "--embedder", model.to_str().unwrap()]);
-    ok(&kb, &["import", photos.to_str().unwrap()]);
+    CPU.ok(&kb, &["init", "--embedder", model.to_str().unwrap()]);
+    CPU.ok(&kb, &["import", photos.to_str().unwrap()]);
     // Another model of the same width: bilinear instead of bicubic resizing.
     let processor = model.join("preprocessor_config.json");
     let changed = std::fs::read_to_string(&processor)
@@ -151,18 +130,18 @@ fn a_changed_model_keeps_bm25_refuses_clip_until_reembed() {
         .replace("\"resample\": 3", "\"resample\": 2");
     std::fs::write(&processor, changed).unwrap();
 
-    let refused = reimagen(&kb, &["search", "--mode", "clip", "cat"]);
+    let refused = CPU.run(&kb, &["search", "--mode", "clip", "cat"]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("reembed"), "{stderr}");
-    let bm25 = json(&kb, &["search", "--json", "cat"]);
+    let bm25 = CPU.json(&kb, &["search", "--json", "cat"]);
     assert_eq!(bm25.as_array().unwrap().len(), 1, "{bm25}");
 
-    let report = json(&kb, &["reembed", "--json"]);
+    let report = CPU.json(&kb, &["reembed", "--json"]);
     assert_eq!(report["embedded"], 3, "{report}");
-    let hits = json(&kb, &["search", "--mode", "clip", "--json", "cat"]);
+    let hits = CPU.json(&kb, &["search", "--mode", "clip", "--json", "cat"]);
     assert_eq!(hits.as_array().unwrap().len(), 3);
-    let check = reimagen(&kb, &["check"]);
+    let check = CPU.run(&kb, &["check"]);
     assert!(
         check.status.success(),
         "{}",
@@ -175,7 +154,7 @@ fn init_with_a_folder_that_is_no_model_fails_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = reimagen(
+    let out = CPU.run(
         &dir.path().join("kb"),
         &["init", "--embedder", empty.to_str().unwrap()],
     );

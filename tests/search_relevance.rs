@@ -1,6 +1,7 @@
 //! `bench relevance` on a small emojibase-shaped package made here (the real one comes from
 //! npm): the labelled queries, before/after rows, the tarball reader, the clip and hybrid rows
-//! with an embedder, and the message when the data is missing.
+//! with an embedder, real images and captions from an emoji dataset, and the message when the
+//! data is missing.
 
 mod common;
 
@@ -139,7 +140,9 @@ fn the_tarball_reads_like_the_folder_and_clip_rows_need_an_embedder() {
     opts.embedder = Some(Arc::new(common::ToyEmbedder { dim: 16 }));
     let work = tempfile::tempdir().unwrap();
     let from_tarball = run_relevance(work.path(), &opts, &|_| {}).unwrap();
-    assert!(from_tarball.notes.is_empty());
+    // Without the dataset the images are placeholders, and the report says so.
+    assert_eq!(from_tarball.notes.len(), 1, "{:?}", from_tarball.notes);
+    assert!(from_tarball.notes[0].contains("placeholder"));
     for system in ["clip", "hybrid"] {
         assert!(row(&from_tarball, "en", "name", system).queries > 0);
     }
@@ -165,4 +168,77 @@ fn missing_data_says_how_to_fetch_it() {
     unknown.locales = vec!["xx".into()];
     let err = run_relevance(work.path(), &unknown, &|_| {}).unwrap_err();
     assert!(err.to_string().contains("`xx`"), "{err}");
+}
+
+/// A dataset in the layout of `reimagen dataset build` with renditions of three entities only:
+/// red heart (red, two styles), strawberry (red) and lighthouse (blue).
+fn dataset(dir: &Path) {
+    let mut manifest = String::new();
+    for (entity, slug, style, colour) in [
+        ("red heart", "red-heart", "noto", "red"),
+        ("red heart", "red-heart", "twemoji", "red"),
+        ("strawberry", "strawberry", "noto", "red"),
+        ("lighthouse", "lighthouse", "openmoji", "blue"),
+    ] {
+        let file = format!("64/train/{slug}/{style}.png");
+        common::write(dir, &file, &common::colour_png(colour, slug.len() as u32));
+        let line = serde_json::json!({
+            "id": format!("{slug}/{style}"), "entity": entity, "slug": slug, "style": style,
+            "split": "train", "caption": format!("{entity}, {style} style"), "tags": [],
+            "source": "test", "license": "CC0-1.0", "files": {"64": file},
+        });
+        manifest.push_str(&format!("{line}\n"));
+    }
+    common::write(dir, "manifest.jsonl", manifest.as_bytes());
+}
+
+#[test]
+fn a_dataset_gives_the_pairs_real_images_and_captions() {
+    let data = tempfile::tempdir().unwrap();
+    package(data.path());
+    let set = tempfile::tempdir().unwrap();
+    dataset(set.path());
+    let mut opts = options(data.path());
+    opts.embedder = Some(Arc::new(common::ToyEmbedder { dim: 16 }));
+    opts.dataset = Some(set.path().to_path_buf());
+    let work = tempfile::tempdir().unwrap();
+    let report = run_relevance(work.path(), &opts, &|_| {}).unwrap();
+    assert_eq!(report.dataset.as_deref(), Some(set.path()));
+    assert_eq!(report.embedder.as_deref(), Some("toy-colour/16"));
+    // Only the emojis the dataset has are pairs, in every locale.
+    assert_eq!(report.pairs["en"], 3);
+    assert_eq!(report.pairs["fr"], 3);
+    assert!(report.notes.iter().any(|n| n.contains("7 emojis left out")));
+    for system in ["bm25", "clip", "hybrid"] {
+        assert!(row(&report, "en", "name", system).queries > 0);
+    }
+
+    // The captions are the dataset's, the images its files, the entities the locale's.
+    let kb = reimagen::KnowledgeBase::builder(work.path().join("fr"))
+        .open()
+        .unwrap();
+    let pairs = kb.list().unwrap();
+    assert_eq!(pairs.len(), 3);
+    let lighthouse = pairs
+        .iter()
+        .find(|p| p.caption == "lighthouse, openmoji style")
+        .expect("the dataset's caption");
+    assert_eq!(lighthouse.entity.as_deref(), Some("phare"));
+    assert_eq!(
+        kb.image_bytes(&lighthouse.id).unwrap().unwrap(),
+        std::fs::read(set.path().join("64/train/lighthouse/openmoji.png")).unwrap()
+    );
+    // Red heart has two renditions: one is picked, the same for every locale.
+    let en = reimagen::KnowledgeBase::builder(work.path().join("en"))
+        .open()
+        .unwrap();
+    let heart = |kb: &reimagen::KnowledgeBase| {
+        kb.list()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.caption.starts_with("red heart"))
+            .unwrap()
+            .caption
+    };
+    assert_eq!(heart(&en), heart(&kb));
 }

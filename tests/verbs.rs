@@ -4,39 +4,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{colour_png, write};
-
-fn reimagen(kb: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reimagen"))
-        .arg("--kb")
-        .arg(kb)
-        .args(args)
-        .env_remove("REIMAGEN_KB")
-        .output()
-        .unwrap()
-}
-
-fn ok(kb: &Path, args: &[&str]) -> String {
-    let out = reimagen(kb, args);
-    assert!(
-        out.status.success(),
-        "reimagen {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(kb: &Path, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(kb, args)).unwrap()
-}
-
-fn fails(kb: &Path, args: &[&str]) -> String {
-    let out = reimagen(kb, args);
-    assert!(!out.status.success(), "reimagen {args:?} should fail");
-    String::from_utf8(out.stderr).unwrap()
-}
+use common::{colour_png, fails, json, ok, reimagen, write};
 
 /// A KB of three pairs: two of entity "Café Ölberg" (one spelt in capitals), one of "dogs".
 fn three_pairs(root: &Path) -> (std::path::PathBuf, Vec<String>) {

@@ -10,6 +10,12 @@
 //! and system. `bm25-before` is the BM25 this project had before analyzers (tantivy's default
 //! tokenizer over the same fields, exact words), rebuilt here so both run on the same data.
 //!
+//! Given the emoji dataset (`reimagen dataset build`, docs/dataset.md) the pairs are real: each
+//! emoji's image is one of its renditions (chosen by the seed, the smallest size the dataset
+//! has) and its caption the one the dataset gives that rendition (`"dog face, noto style"`);
+//! entity and tags stay the locale's. That is what makes the `clip` and `hybrid` rows mean
+//! something: without it the images are placeholders.
+//!
 //! Not here: the synthetic speed workload (`bench.rs`); the analyzers (`text/analyzer.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -48,6 +54,8 @@ pub struct RelevanceOptions {
     pub max_queries: usize,
     /// An embedder for the `clip` and `hybrid` rows; without one they are skipped.
     pub embedder: Option<Arc<dyn Embedder>>,
+    /// The emoji dataset folder (holding `manifest.jsonl`), for real images and captions.
+    pub dataset: Option<PathBuf>,
 }
 
 impl Default for RelevanceOptions {
@@ -58,6 +66,7 @@ impl Default for RelevanceOptions {
             seed: 7,
             max_queries: 300,
             embedder: None,
+            dataset: None,
         }
     }
 }
@@ -98,6 +107,10 @@ pub struct RelevanceReport {
     pub version: String,
     /// Pairs in each language's KB.
     pub pairs: BTreeMap<String, usize>,
+    /// The emoji dataset the images and captions came from, if any.
+    pub dataset: Option<PathBuf>,
+    /// The embedder of the `clip` and `hybrid` rows, if any.
+    pub embedder: Option<String>,
     /// One row per language, kind and system.
     pub rows: Vec<RelevanceRow>,
     /// What was skipped and why.
@@ -107,6 +120,12 @@ pub struct RelevanceReport {
 impl std::fmt::Display for RelevanceReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{PACKAGE} {} ({})", self.version, self.data.display())?;
+        if let Some(d) = &self.dataset {
+            writeln!(f, "images and captions: {}", d.display())?;
+        }
+        if let Some(e) = &self.embedder {
+            writeln!(f, "embedder: {e}")?;
+        }
         writeln!(
             f,
             "{:<6} {:<8} {:<12} {:>7} {:>6} {:>6} {:>8}",
@@ -303,8 +322,23 @@ pub fn run_relevance(
         data: package.path.clone(),
         version: package.version(),
         pairs: BTreeMap::new(),
+        dataset: opts.dataset.clone(),
+        embedder: opts.embedder.as_ref().map(|e| e.id()),
         rows: Vec::new(),
         notes: Vec::new(),
+    };
+    let renditions = match &opts.dataset {
+        Some(dir) => Some(dataset_renditions(dir, &package.emojis("en")?, opts.seed)?),
+        None => {
+            if opts.embedder.is_some() {
+                report.notes.push(
+                    "clip and hybrid rows ran on generated placeholder images: give the emoji \
+                     dataset (--dataset) for real ones"
+                        .into(),
+                );
+            }
+            None
+        }
     };
     if opts.embedder.is_none() {
         report.notes.push(
@@ -313,7 +347,17 @@ pub fn run_relevance(
         );
     }
     for locale in &opts.locales {
-        let emojis = package.emojis(locale)?;
+        let mut emojis = package.emojis(locale)?;
+        if let Some(r) = &renditions {
+            let before = emojis.len();
+            emojis.retain(|e| r.contains_key(&e.hexcode));
+            if emojis.len() < before {
+                report.notes.push(format!(
+                    "{locale}: {} emojis left out, the dataset has no rendition of them",
+                    before - emojis.len()
+                ));
+            }
+        }
         let language = language_of(locale);
         progress(&format!(
             "{locale}: building a KB of {} pairs ({language})",
@@ -329,15 +373,20 @@ pub fn run_relevance(
             .iter()
             .enumerate()
             .map(|(i, e)| {
+                let (image, caption) = match renditions.as_ref().and_then(|r| r.get(&e.hexcode)) {
+                    Some((path, caption)) => {
+                        (std::fs::read(path).map_err(io_err(path))?, caption.clone())
+                    }
+                    None => (super::index_png(i), e.label.clone()),
+                };
                 let mut pair =
-                    NewPair::bytes(e.hexcode.clone(), super::index_png(i), e.label.clone())
-                        .entity(e.label.clone());
+                    NewPair::bytes(e.hexcode.clone(), image, caption).entity(e.label.clone());
                 for t in &e.tags {
                     pair = pair.tag(t.clone());
                 }
-                pair
+                Ok(pair)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut of_id = HashMap::new();
         for (i, r) in kb.add_many(pairs).into_iter().enumerate() {
             of_id.insert(r?.id(), i);
@@ -377,6 +426,42 @@ pub fn run_relevance(
         }
     }
     Ok(report)
+}
+
+/// For each emoji (by hexcode) of the English data, one rendition of its dataset entity (the
+/// entity is the English name in lower case): the image file of the smallest size and the
+/// rendition's caption. The rendition is picked by a hash of the seed and the hexcode, so every
+/// locale gets the same image.
+fn dataset_renditions(
+    dir: &Path,
+    english: &[Emoji],
+    seed: u64,
+) -> Result<HashMap<String, (PathBuf, String)>> {
+    let manifest = crate::dataset::read_manifest(dir).map_err(|e| Error::Config {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut by_entity: HashMap<&str, Vec<&crate::dataset::ManifestEntry>> = HashMap::new();
+    for m in &manifest {
+        by_entity.entry(m.entity.as_str()).or_default().push(m);
+    }
+    let mut out = HashMap::new();
+    for e in english {
+        let Some(list) = by_entity.get(e.label.to_lowercase().as_str()) else {
+            continue;
+        };
+        let hash = blake3::hash(format!("{seed}:{}", e.hexcode).as_bytes());
+        let pick = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+        let m = list[(pick % list.len() as u64) as usize];
+        let smallest = m
+            .files
+            .iter()
+            .min_by_key(|(size, _)| size.parse::<u32>().unwrap_or(u32::MAX));
+        if let Some((_, file)) = smallest {
+            out.insert(e.hexcode.clone(), (dir.join(file), m.caption.clone()));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Default)]

@@ -403,6 +403,44 @@ enum BenchCommand {
         /// At most this many queries per locale and kind.
         #[arg(long, default_value_t = 300)]
         max_queries: usize,
+        /// A CLIP model folder: adds the `clip` and `hybrid` rows.
+        #[arg(long, value_name = "DIR")]
+        embedder: Option<PathBuf>,
+        /// The emoji dataset (`reimagen dataset build`): real images and captions for the pairs.
+        /// A --data folder holding manifest.jsonl is taken as this.
+        #[arg(long, value_name = "DIR")]
+        dataset: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// CLIP speed: images/s and texts/s per tower at batch 1 and 32 on the CPU backend and a
+    /// wgpu adapter, beside PyTorch on the same config (`--torch`), and `import` pairs/s with
+    /// and without an embedder.
+    Clip {
+        /// The model: `vit-b32` (its config with random weights), `shipped` (models/clip), or
+        /// a model folder.
+        #[arg(long, default_value = "vit-b32")]
+        config: String,
+        /// Devices, comma-separated: cpu, gpu, auto [default: cpu and the best adapter found].
+        #[arg(long)]
+        device: Option<String>,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        batches: Vec<usize>,
+        /// A Python with PyTorch and transformers, to run training/bench_clip.py on the same
+        /// config as a baseline.
+        #[arg(long)]
+        torch: Option<String>,
+        /// The device PyTorch runs on (cpu or cuda).
+        #[arg(long, default_value = "cpu")]
+        torch_device: String,
+        /// Pairs per import measurement (0: none).
+        #[arg(long, default_value_t = 256)]
+        import_pairs: usize,
+        /// The shipped CLIP (imported with too; its tokenizer serves the random ViT-B/32).
+        #[arg(long, default_value = reimagen::bench::clip::SHIPPED)]
+        shipped: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -459,6 +497,8 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first statement of `main`; no other thread exists yet.
+    unsafe { reimagen::tensor::quiet_headless_vulkan() };
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 if matches!(cli.command, Command::Watch { .. }) => "info,tantivy=warn",
@@ -924,29 +964,7 @@ fn run_dataset(command: DatasetCommand) -> anyhow::Result<ExitCode> {
             let options = dataset::BuildOptions::new(&out, &cache).sizes(sizes);
             // The last bar is left drawn when the closure is dropped at the end of the statement.
             let report = dataset::build(&options, &dataset_progress())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("dataset     {}", report.out.display());
-                println!(
-                    "entities    {} ({} held out)",
-                    report.entities, report.heldout_entities
-                );
-                println!(
-                    "renditions  {} ({} of held-out entities), {} images",
-                    report.renditions, report.heldout_renditions, report.images
-                );
-                for (style, n) in &report.per_style {
-                    println!("  {style:<22}{n}");
-                }
-                for (style, n) in &report.unmatched {
-                    println!("unmatched   {style}: {n} files name no entity (skin tones, extras)");
-                }
-                for (id, reason) in &report.failed {
-                    eprintln!("failed      {id}: {reason}");
-                }
-                println!("time        {:.1} s", report.seconds);
-            }
+            print_report(&report, json)?;
             Ok(if report.failed.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -959,26 +977,7 @@ fn run_dataset(command: DatasetCommand) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             let report = dataset::neighbours(&dir, &options, &dataset_progress())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("training KB {}", report.kb.display());
-                println!(
-                    "imported    {} pairs ({} identical images shared)",
-                    report.imported, report.duplicates
-                );
-                println!(
-                    "examples    {} ({} excluding their own style, {} with fewer than 2 neighbours)",
-                    report.examples, report.excluding_own_style, report.short
-                );
-                println!(
-                    "neighbours  {} found, {} of the same entity",
-                    report.found, report.same_entity
-                );
-                for (path, reason) in &report.import_failed {
-                    eprintln!("failed      {}: {reason}", path.display());
-                }
-            }
+            print_report(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -991,16 +990,37 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             locales,
             seed,
             max_queries,
+            embedder,
+            dataset,
             json,
         } => {
             use reimagen::bench::relevance::{self, RelevanceOptions};
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            // `--data DATASET` alone: the dataset, with emojibase from the default cache.
+            let (data, dataset) = match (data, dataset) {
+                (Some(d), None) if d.join("manifest.jsonl").is_file() => (None, Some(d)),
+                other => other,
+            };
+            let embedder = match embedder {
+                Some(folder) => {
+                    let device = reimagen::tensor::Device::from_env()?;
+                    let clip = reimagen::embed::ClipEmbedder::open(
+                        &folder,
+                        device,
+                        reimagen::embed::clip::WeightPrecision::F32,
+                    )
+                    .with_context(|| format!("loading the embedder {}", folder.display()))?;
+                    Some(std::sync::Arc::new(clip) as std::sync::Arc<dyn reimagen::Embedder>)
+                }
+                None => None,
+            };
             let opts = RelevanceOptions {
                 data: data.unwrap_or_else(relevance::default_data_dir),
                 locales,
                 seed,
                 max_queries,
-                embedder: None,
+                embedder,
+                dataset,
             };
             let bar = spinner("benchmarking relevance");
             let report =
@@ -1039,6 +1059,44 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             })?;
             bar.finish_and_clear();
             print_report(&report, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Clip {
+            config,
+            device,
+            batches,
+            torch,
+            torch_device,
+            import_pairs,
+            shipped,
+            json,
+        } => {
+            use reimagen::bench::clip::{self, ClipBenchModel, ClipBenchOptions};
+            let model: ClipBenchModel = config.parse()?;
+            let model = match model {
+                ClipBenchModel::Folder(_) if config == "shipped" => {
+                    ClipBenchModel::Folder(shipped.clone())
+                }
+                m => m,
+            };
+            let mut opts = ClipBenchOptions {
+                import_models: vec![model.clone(), ClipBenchModel::Folder(shipped.clone())],
+                model,
+                batches,
+                torch_python: torch,
+                torch_device,
+                import_pairs,
+                shipped,
+                ..ClipBenchOptions::default()
+            };
+            if let Some(list) = device {
+                opts.devices = reimagen::tensor::bench::parse_devices(&list)?;
+            }
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let bar = spinner("benchmarking CLIP");
+            let report = clip::run_clip(dir.path(), &opts, &|m| bar.set_message(m.to_string()));
+            bar.finish_and_clear();
+            print_report(&report?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Kernels {

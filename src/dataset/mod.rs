@@ -353,6 +353,35 @@ pub struct BuildReport {
     pub seconds: f64,
 }
 
+impl std::fmt::Display for BuildReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "dataset     {}", self.out.display())?;
+        writeln!(
+            f,
+            "entities    {} ({} held out)",
+            self.entities, self.heldout_entities
+        )?;
+        writeln!(
+            f,
+            "renditions  {} ({} of held-out entities), {} images",
+            self.renditions, self.heldout_renditions, self.images
+        )?;
+        for (style, n) in &self.per_style {
+            writeln!(f, "  {style:<22}{n}")?;
+        }
+        for (style, n) in &self.unmatched {
+            writeln!(
+                f,
+                "unmatched   {style}: {n} files name no entity (skin tones, extras)"
+            )?;
+        }
+        for (id, reason) in &self.failed {
+            writeln!(f, "failed      {id}: {reason}")?;
+        }
+        write!(f, "time        {:.1} s", self.seconds)
+    }
+}
+
 /// The caption of a rendition: `"<entity>, <style> style"` (`"dog face, twemoji style"`).
 pub fn caption(entity: &str, style: Style) -> String {
     format!("{entity}, {} style", style.id())

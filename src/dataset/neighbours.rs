@@ -65,6 +65,31 @@ pub struct NeighboursReport {
     pub found: usize,
 }
 
+impl std::fmt::Display for NeighboursReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "training KB {}", self.kb.display())?;
+        writeln!(
+            f,
+            "imported    {} pairs ({} identical images shared)",
+            self.imported, self.duplicates
+        )?;
+        writeln!(
+            f,
+            "examples    {} ({} excluding their own style, {} with fewer than 2 neighbours)",
+            self.examples, self.excluding_own_style, self.short
+        )?;
+        write!(
+            f,
+            "neighbours  {} found, {} of the same entity",
+            self.found, self.same_entity
+        )?;
+        for (path, reason) in &self.import_failed {
+            write!(f, "\nfailed      {}: {reason}", path.display())?;
+        }
+        Ok(())
+    }
+}
+
 /// One line of `neighbours.jsonl`.
 #[derive(Serialize)]
 struct Example<'a> {

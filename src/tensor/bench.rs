@@ -176,7 +176,7 @@ impl BenchReport {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -220,7 +220,7 @@ fn run_case(kind: CaseKind, dims: [usize; 4], x: &[Tensor]) -> Result<Tensor> {
 
 /// `training/bench_torch.py --serve`, kept running for the whole benchmark so that its runs
 /// can alternate with ours.
-struct TorchServer {
+pub(crate) struct TorchServer {
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
     stdout: std::io::BufReader<std::process::ChildStdout>,
@@ -244,11 +244,27 @@ impl TorchServer {
         python: &str,
         options: &BenchOptions,
     ) -> std::result::Result<(Self, TorchHeader), String> {
+        let server = TorchServer::spawn(
+            python,
+            &options.torch_script,
+            &["--device", &options.torch_device],
+        )?;
+        server.header()
+    }
+
+    /// Starts `python script --serve ARGS… --threads N` (N: the CPU backend's threads), with
+    /// OpenMP told not to spin between requests. `bench clip` serves its own cases with it.
+    pub(crate) fn spawn(
+        python: &str,
+        script: &std::path::Path,
+        args: &[&str],
+    ) -> std::result::Result<Self, String> {
         use std::process::{Command, Stdio};
-        let script = options.torch_script.display().to_string();
+        let name = script.display().to_string();
         let mut child = Command::new(python)
-            .arg(&options.torch_script)
-            .args(["--serve", "--device", &options.torch_device])
+            .arg(script)
+            .arg("--serve")
+            .args(args)
             .args(["--threads", &rayon::current_num_threads().to_string()])
             // OpenMP threads otherwise spin for up to 200 ms after each run, taking the cores
             // from our next turn (and ours would do the same to PyTorch's); see `SETTLE`.
@@ -258,19 +274,25 @@ impl TorchServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("{python} {script}: {e}"))?;
+            .map_err(|e| format!("{python} {name}: {e}"))?;
         let stdin = child.stdin.take();
         let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut server = TorchServer {
+        Ok(TorchServer {
             child,
             stdin,
             stdout,
-            script,
-        };
-        let header = server.read_line()?;
-        let header: TorchHeader = serde_json::from_str(&header)
-            .map_err(|e| format!("{}: bad header: {e}", server.script))?;
-        Ok((server, header))
+            script: name,
+        })
+    }
+
+    /// Reads the header line the script prints first.
+    pub(crate) fn header<H: serde::de::DeserializeOwned>(
+        mut self,
+    ) -> std::result::Result<(Self, H), String> {
+        let header = self.read_line()?;
+        let header: H = serde_json::from_str(&header)
+            .map_err(|e| format!("{}: bad header: {e}", self.script))?;
+        Ok((self, header))
     }
 
     fn read_line(&mut self) -> std::result::Result<String, String> {
@@ -284,7 +306,11 @@ impl TorchServer {
     }
 
     /// Seconds per run of `case`, `runs` times.
-    fn time(&mut self, case: &str, runs: usize) -> std::result::Result<Vec<f64>, String> {
+    pub(crate) fn time(
+        &mut self,
+        case: &str,
+        runs: usize,
+    ) -> std::result::Result<Vec<f64>, String> {
         use std::io::Write;
         let request = serde_json::json!({ "case": case, "runs": runs }).to_string();
         let stdin = self.stdin.as_mut().ok_or("closed")?;
@@ -308,9 +334,9 @@ impl Drop for TorchServer {
 
 /// A pause before each timed turn, so that the previous turn's worker threads (rayon, llvmpipe,
 /// OpenMP) have gone to sleep and do not compete with this one.
-const SETTLE: Duration = Duration::from_millis(20);
+pub(crate) const SETTLE: Duration = Duration::from_millis(20);
 
-fn device_name(device: &Device) -> String {
+pub(crate) fn device_name(device: &Device) -> String {
     match device {
         Device::Cpu => "cpu".to_string(),
         Device::Wgpu(d) => d.adapter().name,

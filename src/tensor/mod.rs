@@ -38,4 +38,6 @@ pub use error::{Result, TensorError};
 pub use plan::TimestepEmbedding;
 pub use tensor::{DType, Tensor};
 pub use weights::{Weights, WeightsDtype};
-pub use wgpu::{AdapterSummary, ParamsLayout, PoolStats, SHADERS, Shader, WgpuDevice};
+pub use wgpu::{
+    AdapterSummary, ParamsLayout, PoolStats, SHADERS, Shader, WgpuDevice, quiet_headless_vulkan,
+};

@@ -1,12 +1,91 @@
-//! Shared helpers for the integration tests: small images made on the fly and a deterministic
-//! toy embedder whose image and text spaces agree on colour words.
+//! Shared helpers for the integration tests: the `reimagen` binary run on a KB, small images
+//! made on the fly, and a deterministic toy embedder whose image and text spaces agree on colour
+//! words.
+//!
+//! Not here: the CLIP fixtures (`clip_support/`), the daemon harness (`watch_common/`).
 #![allow(dead_code)]
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use image::{ImageFormat, Rgb, RgbImage};
 use reimagen::{Embedder, ModelError};
+
+/// The `reimagen` binary as the tests run it: on one KB (`--kb`), with `REIMAGEN_KB` unset, and
+/// on the backend `device` names through `REIMAGEN_DEVICE` when set (the CLIP tests pin the CPU
+/// backend so that their figures do not depend on the adapter the machine has).
+#[derive(Clone, Copy, Debug)]
+pub struct Cli {
+    /// `REIMAGEN_DEVICE` for the run, or the binary's own choice when `None`.
+    pub device: Option<&'static str>,
+}
+
+impl Cli {
+    /// The binary's own device choice.
+    pub const AUTO: Cli = Cli { device: None };
+    /// The CPU backend.
+    pub const CPU: Cli = Cli {
+        device: Some("cpu"),
+    };
+
+    /// Runs `reimagen --kb KB ARGS…`.
+    pub fn run(self, kb: &Path, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reimagen"));
+        command
+            .arg("--kb")
+            .arg(kb)
+            .args(args)
+            .env_remove("REIMAGEN_KB");
+        if let Some(device) = self.device {
+            command.env("REIMAGEN_DEVICE", device);
+        }
+        command.output().unwrap()
+    }
+
+    /// Runs it, asserts success, and returns stdout.
+    pub fn ok(self, kb: &Path, args: &[&str]) -> String {
+        let out = self.run(kb, args);
+        assert!(
+            out.status.success(),
+            "reimagen {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs it, asserts success, and parses stdout as JSON.
+    pub fn json(self, kb: &Path, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(kb, args)).unwrap()
+    }
+
+    /// Runs it, asserts failure, and returns stderr.
+    pub fn fails(self, kb: &Path, args: &[&str]) -> String {
+        let out = self.run(kb, args);
+        assert!(!out.status.success(), "reimagen {args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+/// [`Cli::run`] with the binary's own device choice.
+pub fn reimagen(kb: &Path, args: &[&str]) -> Output {
+    Cli::AUTO.run(kb, args)
+}
+
+/// [`Cli::ok`] with the binary's own device choice.
+pub fn ok(kb: &Path, args: &[&str]) -> String {
+    Cli::AUTO.ok(kb, args)
+}
+
+/// [`Cli::json`] with the binary's own device choice.
+pub fn json(kb: &Path, args: &[&str]) -> serde_json::Value {
+    Cli::AUTO.json(kb, args)
+}
+
+/// [`Cli::fails`] with the binary's own device choice.
+pub fn fails(kb: &Path, args: &[&str]) -> String {
+    Cli::AUTO.fails(kb, args)
+}
 
 /// Colours the toy embedder understands, by name.
 pub const COLOURS: &[(&str, [u8; 3])] = &[

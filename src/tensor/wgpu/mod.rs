@@ -284,6 +284,33 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(desc.with_env())
 }
 
+/// Turns off Mesa's Vulkan device-select layer when there is no Wayland session, so that
+/// opening a device on a headless machine does not print `error: XDG_RUNTIME_DIR is invalid or
+/// not set in the environment.` (twice per adapter listing).
+///
+/// The layer is an implicit Vulkan layer that Mesa installs; when the instance enables
+/// `VK_KHR_wayland_surface` (wgpu always asks for it) it connects to the Wayland display to find
+/// the compositor's GPU, and libwayland prints that line when there is none. It only reorders
+/// adapters, which [`WgpuDevice::best`] sorts itself, so setting its documented off switch
+/// (`NODEVICE_SELECT=1`) changes nothing else. Nothing happens when a Wayland display is set,
+/// or when the user set `NODEVICE_SELECT` or picks a device with `MESA_VK_DEVICE_SELECT`.
+///
+/// # Safety
+/// It sets an environment variable: call it before any other thread runs (first thing in
+/// `main`), as [`std::env::set_var`] requires.
+pub unsafe fn quiet_headless_vulkan() {
+    let set = |name: &str| std::env::var_os(name).is_some();
+    if set("WAYLAND_DISPLAY")
+        || set("WAYLAND_SOCKET")
+        || set("NODEVICE_SELECT")
+        || set("MESA_VK_DEVICE_SELECT")
+    {
+        return;
+    }
+    // SAFETY: the caller promises that no other thread exists yet.
+    unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+}
+
 /// All adapters wgpu finds, best first (those the kernels can run on before the rest; then
 /// discrete, integrated, virtual, other, CPU).
 pub(crate) fn adapters() -> Vec<wgpu::Adapter> {
