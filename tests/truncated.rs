@@ -90,7 +90,7 @@ fn the_daemon_waits_for_the_rest_of_a_file_then_quarantines_one_that_stays_cut()
     put(&root, "stuck.png", &stuck[..stuck.len() / 2]);
     let watcher = Watcher::start(
         kb.clone(),
-        &[&root],
+        [&root],
         fast_options().truncated_grace(Duration::from_millis(1500)),
     )
     .unwrap();
