@@ -54,6 +54,15 @@ pub enum StoreError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// The KB was opened read-only ([`KnowledgeBase::open_read_only`](crate::KnowledgeBase::open_read_only))
+    /// and what was asked needs the writer: a write, a migration, an index rebuild.
+    #[error("knowledge base {path} is open read-only: {reason}")]
+    ReadOnly {
+        /// The KB directory.
+        path: PathBuf,
+        /// What needed the writer, and what to do instead.
+        reason: String,
+    },
     /// A file-system operation on the store failed.
     #[error("{path}: {source}")]
     Io {
@@ -105,6 +114,15 @@ pub enum IngestError {
         /// The file (or the name given to in-memory bytes).
         path: PathBuf,
         /// What the decoder said.
+        reason: String,
+    },
+    /// The file ends before the image does (a copy or download still under way, or cut short):
+    /// the format's end marker is missing or the decoder ran out of bytes.
+    #[error("{path}: image is truncated: {reason}")]
+    Truncated {
+        /// The file (or the name given to in-memory bytes).
+        path: PathBuf,
+        /// Which marker is missing, or what the decoder said.
         reason: String,
     },
     /// The image is larger than the decode limits allow.
@@ -272,7 +290,11 @@ impl Error {
                         | ModelError::EmbedderMismatch { .. }
                         | ModelError::StaleEmbeddings { .. }
                 )
-                | Error::Store(StoreError::TooNew { .. } | StoreError::Locked { .. })
+                | Error::Store(
+                    StoreError::TooNew { .. }
+                        | StoreError::Locked { .. }
+                        | StoreError::ReadOnly { .. }
+                )
                 | Error::Watch(
                     crate::watch::WatchError::BadRoot { .. }
                         | crate::watch::WatchError::LockedByOther { .. }

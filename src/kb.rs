@@ -177,15 +177,19 @@ pub struct Pair {
     pub entity: Option<String>,
     /// Tags.
     pub tags: Vec<String>,
-    /// Width in pixels.
+    /// Width in pixels (`width_px` in JSON).
+    #[serde(rename = "width_px")]
     pub width: u32,
-    /// Height in pixels.
+    /// Height in pixels (`height_px` in JSON).
+    #[serde(rename = "height_px")]
     pub height: u32,
     /// Image format.
     pub format: String,
-    /// Image size in bytes.
+    /// Image size in bytes (`size_bytes` in JSON).
+    #[serde(rename = "size_bytes")]
     pub byte_len: u64,
-    /// Seconds since the epoch when added.
+    /// Seconds since the epoch when added (`added_at_unix_s` in JSON).
+    #[serde(rename = "added_at_unix_s")]
     pub added_at: u64,
     /// Files known to hold the image.
     pub paths: Vec<String>,
@@ -206,9 +210,11 @@ pub struct Stats {
     pub schema_version: u32,
     /// Embedder id recorded in the store.
     pub embedder: Option<String>,
-    /// LMDB map size in bytes.
+    /// LMDB map size in bytes (`map_size_bytes` in JSON).
+    #[serde(rename = "map_size_bytes")]
     pub map_size: usize,
-    /// LMDB file size in bytes.
+    /// LMDB file size in bytes (`disk_size_bytes` in JSON).
+    #[serde(rename = "disk_size_bytes")]
     pub disk_size: u64,
     /// Documents in the BM25 index.
     pub text_index_docs: usize,
@@ -634,7 +640,72 @@ impl Builder {
             stale_embeddings: std::sync::Mutex::new(stale),
             limits: self.limits,
             captions: self.captions,
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+}
+
+impl Builder {
+    /// Opens the KB for reading only, beside the process that writes it (the daemon, another
+    /// program): takes no lock, migrates and rebuilds nothing, starts no writer. Searches see
+    /// each acknowledged write of the other process (its BM25 commits, and the change log
+    /// replayed into this process's copy of the graphs); writes fail with
+    /// [`StoreError::ReadOnly`]. An index the writer has not made usable yet (an older analyzer,
+    /// a store to migrate) is an error saying so. `create`, `language` and `embedder_model` are
+    /// ignored: they write `kb.toml`.
+    pub fn open_read_only(self) -> Result<KnowledgeBase> {
+        let dir = self.dir;
+        let config = KbConfig::read(&dir)?.ok_or_else(|| Error::Config {
+            path: dir.clone(),
+            reason: "no knowledge base here (no kb.toml); run `reimagen init` first".into(),
+        })?;
+        let store = Arc::new(Store::open_read_only(&dir.join("store"))?);
+        let (stored, pair_count) = {
+            let rtxn = store.read()?;
+            (store.embedder_id(&rtxn)?, store.pair_count(&rtxn)?)
+        };
+        let mut stale = None;
+        let embedder = match (self.embedder, &config.embedder_model) {
+            (Some(embedder), _) => {
+                stale = stored.filter(|s| *s != embedder.id());
+                Some(embedder)
+            }
+            (None, Some(model)) if self.load_configured_embedder => {
+                let folder = dir.join(model);
+                let embedder =
+                    ClipEmbedder::lazy(&folder, WeightPrecision::F32).map_err(|source| {
+                        ModelError::Clip {
+                            model: folder.display().to_string(),
+                            source,
+                        }
+                    })?;
+                stale = match stored {
+                    Some(s) if s != embedder.id() => Some(s),
+                    None if pair_count > 0 => Some("no embedder".to_string()),
+                    _ => None,
+                };
+                Some(Arc::new(embedder) as Arc<dyn Embedder>)
+            }
+            (None, _) => None,
+        };
+        let vectors = dir.join("vector-index");
+        let indices = Arc::new(Indices {
+            text: TextIndex::open_read_only(&dir.join("text-index"), config.language)?,
+            // Loaded by the first query that walks them (`refresh`): a BM25 query never does.
+            image: VectorIndex::open_deferred(&vectors, EmbeddingKind::Image, self.hnsw),
+            text_vectors: VectorIndex::open_deferred(&vectors, EmbeddingKind::Text, self.hnsw),
+        });
+        Ok(KnowledgeBase {
+            dir,
+            config,
+            store,
+            indices,
+            writer: None,
+            embedder,
+            stale_embeddings: std::sync::Mutex::new(stale),
+            limits: self.limits,
+            captions: self.captions,
+            _lock: None,
         })
     }
 }
@@ -654,7 +725,8 @@ pub struct KnowledgeBase {
     stale_embeddings: std::sync::Mutex<Option<String>>,
     limits: DecodeLimits,
     captions: CaptionRules,
-    _lock: fs::File,
+    /// The exclusive `kb.lock` of the writer; `None` when opened read-only.
+    _lock: Option<fs::File>,
 }
 
 impl Drop for KnowledgeBase {
@@ -690,6 +762,31 @@ impl KnowledgeBase {
         Self::builder(dir).open()
     }
 
+    /// Opens an existing KB for reading only, beside a daemon or another process that writes
+    /// it; see [`Builder::open_read_only`].
+    ///
+    /// ```no_run
+    /// # fn main() -> reimagen::Result<()> {
+    /// let kb = reimagen::KnowledgeBase::open_read_only("/data/kb")?;
+    /// let hits = kb.search(&reimagen::Query::text("corgi on a beach").k(5))?;
+    /// # let _ = hits; Ok(()) }
+    /// ```
+    pub fn open_read_only(dir: impl Into<PathBuf>) -> Result<KnowledgeBase> {
+        Self::builder(dir).open_read_only()
+    }
+
+    /// Whether another process holds the KB in `dir` open for writing (its `kb.lock`).
+    pub fn is_locked(dir: &Path) -> Result<bool> {
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = match fs::OpenOptions::new().write(true).open(&lock_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(&lock_path)(e)),
+        };
+        // Released at once (dropping the file): this only looks.
+        Ok(lock.try_lock().is_err())
+    }
+
     /// Opens the KB in `dir`, creating it if it does not exist.
     pub fn create(dir: impl Into<PathBuf>) -> Result<KnowledgeBase> {
         Self::builder(dir).create(true).open()
@@ -705,10 +802,54 @@ impl KnowledgeBase {
         &self.config
     }
 
-    fn writer(&self) -> &Writer {
-        self.writer
-            .as_ref()
-            .expect("the writer lives as long as the KB")
+    /// The writer thread; an error naming the KB when it was opened read-only.
+    fn writer(&self) -> Result<&Writer> {
+        self.writer.as_ref().ok_or_else(|| self.read_only_error())
+    }
+
+    fn read_only_error(&self) -> Error {
+        StoreError::ReadOnly {
+            path: self.dir.clone(),
+            reason: "writes need the knowledge base opened for writing (`KnowledgeBase::open`), \
+                     which only one process may hold"
+                .into(),
+        }
+        .into()
+    }
+
+    /// Whether the KB was opened with [`KnowledgeBase::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.writer.is_none()
+    }
+
+    /// Whether the BM25 index lags the store: its writer was killed between the store's commit
+    /// and the index's. A read-only KB searches what the index holds; the next open for writing
+    /// replays the rest.
+    pub fn is_behind(&self) -> Result<bool> {
+        let rtxn = self.store.read()?;
+        let last_seq = self.store.last_seq(&rtxn)?;
+        drop(rtxn);
+        Ok(self.indices.text.applied_seq()? < last_seq)
+    }
+
+    /// Brings a read-only KB's indices up to what the writer has committed: the writer's last
+    /// BM25 commit, and the change log replayed into the in-memory graphs. A no-op where this
+    /// process writes (its indexer thread keeps them current).
+    fn refresh(&self) -> Result<()> {
+        self.refresh_for(true)
+    }
+
+    /// [`KnowledgeBase::refresh`], the graphs only when `vectors` (loading them on first use).
+    fn refresh_for(&self, vectors: bool) -> Result<()> {
+        if self.writer.is_some() {
+            return Ok(());
+        }
+        self.indices.text.refresh()?;
+        if vectors {
+            self.indices.image.catch_up(&self.store)?;
+            self.indices.text_vectors.catch_up(&self.store)?;
+        }
+        Ok(())
     }
 
     /// Adds one pair. A caption is cleaned (whitespace collapsed) and checked; the image is
@@ -752,7 +893,13 @@ impl KnowledgeBase {
                 Err(e) => slots.push(Some(Err(e))),
             }
         }
-        let mut outcomes = self.writer().submit_many(ops).into_iter();
+        let Ok(writer) = self.writer() else {
+            return slots
+                .into_iter()
+                .map(|slot| slot.unwrap_or_else(|| Err(self.read_only_error())))
+                .collect();
+        };
+        let mut outcomes = writer.submit_many(ops).into_iter();
         slots
             .into_iter()
             .map(|slot| {
@@ -914,14 +1061,14 @@ impl KnowledgeBase {
     /// Size and mtime are those of the path itself: a symbolic link is not followed.
     pub fn quarantine(&self, path: &Path, reason: &str) -> Result<()> {
         let record = quarantine_record(path, reason)?;
-        self.writer().submit(WriteOp::Quarantine { record })?;
+        self.writer()?.submit(WriteOp::Quarantine { record })?;
         Ok(())
     }
 
     /// Lifts the quarantine of a file.
     pub fn unquarantine(&self, path: &Path) -> Result<()> {
         let path = absolute_lossy(path)?;
-        self.writer().submit(WriteOp::Unquarantine { path })?;
+        self.writer()?.submit(WriteOp::Unquarantine { path })?;
         Ok(())
     }
 
@@ -1015,7 +1162,7 @@ impl KnowledgeBase {
 
     /// Removes a pair; false when there was none.
     pub fn remove(&self, id: &ImageId) -> Result<bool> {
-        match self.writer().submit(WriteOp::Remove { id: *id })? {
+        match self.writer()?.submit(WriteOp::Remove { id: *id })? {
             WriteOutcome::Removed { .. } => Ok(true),
             _ => Ok(false),
         }
@@ -1025,7 +1172,7 @@ impl KnowledgeBase {
     pub fn update(&self, id: &ImageId, text: PairText) -> Result<bool> {
         let op = self.update_op(id, text)?;
         Ok(matches!(
-            self.writer().submit(op)?,
+            self.writer()?.submit(op)?,
             WriteOutcome::Updated { .. }
         ))
     }
@@ -1097,7 +1244,13 @@ impl KnowledgeBase {
                 Err(e) => slots.push(Some(Err(e))),
             }
         }
-        let mut outcomes = self.writer().submit_many(writes).into_iter();
+        let Ok(writer) = self.writer() else {
+            return slots
+                .into_iter()
+                .map(|slot| slot.unwrap_or_else(|| Err(self.read_only_error())))
+                .collect();
+        };
+        let mut outcomes = writer.submit_many(writes).into_iter();
         slots
             .into_iter()
             .map(|slot| {
@@ -1132,7 +1285,7 @@ impl KnowledgeBase {
     /// without its content changing): the pair itself is untouched.
     pub fn set_path(&self, path: &Path, id: &ImageId) -> Result<()> {
         let record = path_record(path, *id)?;
-        self.writer().submit(WriteOp::SetPath(record))?;
+        self.writer()?.submit(WriteOp::SetPath(record))?;
         Ok(())
     }
 
@@ -1140,7 +1293,7 @@ impl KnowledgeBase {
     /// removed too; its id is returned.
     pub fn remove_path(&self, path: &Path, remove_orphan: bool) -> Result<Option<ImageId>> {
         let text = absolute_utf8(path)?;
-        match self.writer().submit(WriteOp::RemovePath {
+        match self.writer()?.submit(WriteOp::RemovePath {
             path: text,
             remove_orphan,
         })? {
@@ -1154,6 +1307,7 @@ impl KnowledgeBase {
         if query.k == 0 {
             return Ok(Vec::new());
         }
+        self.refresh_for(query.mode != SearchMode::Bm25)?;
         // Fetch more than k when hits will be dropped after ranking (de-duplication, fusion).
         let fetch = if query.dedup_entity || query.mode == SearchMode::Hybrid {
             (query.k * 4).max(40)
@@ -1349,7 +1503,7 @@ impl KnowledgeBase {
                         .extend(ready.iter().map(|p| (p.id.to_hex(), reason.clone())));
                 }
             }
-            for outcome in self.writer().submit_many(ops) {
+            for outcome in self.writer()?.submit_many(ops) {
                 match outcome {
                     Ok(_) => report.embedded += 1,
                     Err(e) => return Err(e.into()),
@@ -1359,7 +1513,7 @@ impl KnowledgeBase {
             progress(Progress { done, total });
         }
         if report.failed.is_empty() {
-            self.writer().submit(WriteOp::SetEmbedder(embedder.id()))?;
+            self.writer()?.submit(WriteOp::SetEmbedder(embedder.id()))?;
             *self
                 .stale_embeddings
                 .lock()
@@ -1468,6 +1622,7 @@ impl KnowledgeBase {
 
     /// Counts and sizes.
     pub fn stats(&self) -> Result<Stats> {
+        self.refresh()?;
         let rtxn = self.store.read()?;
         let pairs = self.store.all_pairs(&rtxn)?;
         let entities: HashSet<String> = pairs
@@ -1493,7 +1648,10 @@ impl KnowledgeBase {
     /// Verifies that the indices hold exactly what the store holds.
     pub fn check(&self) -> Result<CheckReport> {
         // Let queued writes land first, so the check sees one state.
-        self.writer().with_sink(|_, _| ())?;
+        match &self.writer {
+            Some(writer) => writer.with_sink(|_, _| ())?,
+            None => self.refresh()?,
+        }
         let rtxn = self.store.read()?;
         let last_seq = self.store.last_seq(&rtxn)?;
         let pairs = self.store.all_pairs(&rtxn)?;
@@ -1573,7 +1731,7 @@ impl KnowledgeBase {
 
     /// Rebuilds every index from the store.
     pub fn rebuild_indices(&self) -> Result<()> {
-        self.writer().with_sink({
+        self.writer()?.with_sink({
             let indices = self.indices.clone();
             move |store, _| indices.rebuild(store)
         })?
@@ -1581,7 +1739,7 @@ impl KnowledgeBase {
 
     /// Saves the vector indices now (they are also saved on drop and every few thousand changes).
     pub fn flush(&self) -> Result<()> {
-        self.writer().with_sink({
+        self.writer()?.with_sink({
             let indices = self.indices.clone();
             move |store, _| indices.dump(store, false)
         })?

@@ -30,6 +30,7 @@
 
 pub mod bench;
 pub mod dataset;
+pub mod demo;
 pub mod embed;
 pub mod error;
 pub mod generate;

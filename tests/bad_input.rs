@@ -48,12 +48,12 @@ fn corrupt_truncated_and_non_images_are_refused_with_the_file_named() {
         (
             "truncated.png",
             png[..png.len() / 2].to_vec(),
-            "not a readable image",
+            "image is truncated",
         ),
         (
             "truncated.jpg",
             jpeg[..jpeg.len() / 3].to_vec(),
-            "not a readable image",
+            "image is truncated",
         ),
         ("empty.png", Vec::new(), "empty"),
         (
@@ -63,8 +63,9 @@ fn corrupt_truncated_and_non_images_are_refused_with_the_file_named() {
         ),
         (
             "garbage.jpg",
+            // A JPEG's first bytes and no scan: the start of a file, not a whole one.
             vec![0xFF, 0xD8, 0xFF, 0x00, 1, 2, 3, 4, 5],
-            "not a readable image",
+            "image is truncated",
         ),
     ];
     for (name, bytes, reason) in cases {

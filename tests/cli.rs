@@ -127,7 +127,7 @@ fn bad_files_fail_with_a_non_zero_exit_and_leave_the_kb_unchanged() {
     let before = json(&kb, &["stats", "--json"]);
 
     for (file, reason) in [
-        (&broken, "not a readable image"),
+        (&broken, "image is truncated"),
         (&text, "unrecognised image format"),
     ] {
         let out = reimagen(&kb, &["add", file.to_str().unwrap(), "--caption", "x"]);

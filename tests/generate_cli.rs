@@ -5,44 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{colour_png, write};
-
-fn reimagen(kb: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reimagen"))
-        .arg("--kb")
-        .arg(kb)
-        .args(args)
-        .env_remove("REIMAGEN_KB")
-        .output()
-        .unwrap()
-}
-
-fn ok(kb: &Path, args: &[&str]) -> String {
-    let out = reimagen(kb, args);
-    assert!(
-        out.status.success(),
-        "reimagen {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(kb: &Path, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(kb, args)).unwrap()
-}
-
-/// Runs a command that must fail; returns its standard error.
-fn fails(kb: &Path, args: &[&str]) -> String {
-    let out = reimagen(kb, args);
-    assert!(
-        !out.status.success(),
-        "reimagen {args:?} succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
+use common::{Cli, colour_png, fails, json, ok, write};
 
 /// A KB of two red and two blue squares (entity = the folder).
 fn kb_with_squares(dir: &Path) -> std::path::PathBuf {
@@ -286,33 +250,26 @@ fn generate_runs_the_fixture_cascade_and_writes_images_and_provenance() {
     for device in ["cpu", "gpu"] {
         let run = |name: &str| {
             let out = dir.path().join(format!("{device}-{name}.png"));
-            let output = Command::new(env!("CARGO_BIN_EXE_reimagen"))
-                .arg("--kb")
-                .arg(&kb)
-                .args([
-                    "generate",
-                    "a red square",
-                    "-k",
-                    "2",
-                    "--steps",
-                    "3",
-                    "--seed",
-                    "7",
-                ])
-                .args(["--all-stages", "--json", "--model"])
-                .arg(&model)
-                .arg("--out")
-                .arg(&out)
-                .env("REIMAGEN_DEVICE", device)
-                .env_remove("REIMAGEN_KB")
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "generate on {device} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let provenance: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let cli = Cli {
+                device: Some(device),
+            };
+            let args = [
+                "generate",
+                "a red square",
+                "-k",
+                "2",
+                "--steps",
+                "3",
+                "--seed",
+                "7",
+                "--all-stages",
+                "--json",
+                "--model",
+                model.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            let provenance = cli.json(&kb, &args);
             (out, provenance)
         };
         let (first, provenance) = run("a");

@@ -155,7 +155,7 @@ fn export_and_import_move_a_kb_without_losing_text() {
     let mut after = json(&other, &["list", "--json"]);
     for list in [&mut before, &mut after] {
         for p in list.as_array_mut().unwrap() {
-            p.as_object_mut().unwrap().remove("added_at");
+            p.as_object_mut().unwrap().remove("added_at_unix_s");
         }
     }
     assert_eq!(before, after);

@@ -82,8 +82,8 @@ fn bad_files_are_quarantined_with_reasons_and_good_files_ingested() {
         symlink("..", good.join("sub/up")).unwrap();
     }
     let expectations: &[(&str, &str)] = &[
-        ("truncated.png", "not a readable image"),
-        ("truncated.jpg", "not a readable image"),
+        ("truncated.png", "image is truncated"),
+        ("truncated.jpg", "image is truncated"),
         ("zero.png", "empty"),
         ("huge.png", "too large"),
         ("text.png", "not a readable image"),

@@ -11,6 +11,20 @@ use reimagen::{
     AddOutcome, FusionWeights, Hit, KnowledgeBase, NewPair, PairText, Query, QueryImage, SearchMode,
 };
 
+/// Writes a line to standard output and returns the error with `?`, where `println!` would panic
+/// once the reader has gone (`reimagen list --json | head`); `main` ends such a run quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// The status of a run whose reader closed the pipe: 128 + SIGPIPE, what the shell reports for a
+/// program the signal ended (`seq 1 1000000 | head`). Rust ignores SIGPIPE, so the write fails
+/// with `BrokenPipe` instead and the CLI exits with the same status, silently.
+const CLOSED_PIPE_STATUS: u8 = 128 + 13;
+
 /// An embedded knowledge base of image-text pairs with retrieval (BM25, CLIP, hybrid).
 #[derive(Parser)]
 #[command(name = "reimagen", version, about)]
@@ -45,6 +59,10 @@ enum Command {
     /// Generate images for a prompt, conditioned on neighbours retrieved from the KB (or given
     /// by id); writes the PNG and a provenance JSON (FILE.json) next to it.
     Generate(GenerateArgs),
+    /// The whole idea in one command: builds a KB from the sample set (examples/demo), generates
+    /// held-out entities with and without retrieval on the shipped models, and writes a contact
+    /// sheet (demo.png) and a page (index.html).
+    Demo(DemoArgs),
     /// Print the CLIP embedding of a text or an image: {"embedding": [...], "model", "device"}.
     Embed {
         /// The text.
@@ -260,6 +278,42 @@ enum Command {
     Dataset(DatasetCommand),
 }
 
+/// The arguments of `reimagen demo`.
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Where the KB, images, sheet and page go (its `kb/` is rebuilt).
+    #[arg(long, default_value = "reimagen-demo")]
+    out: PathBuf,
+    /// The sample set [default: examples/demo of this checkout].
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// The CLIP folder the KB embeds with [default: models/clip of this checkout].
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// The generator model folder [default: models/reimagen of this checkout].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Neighbours per generation.
+    #[arg(short, value_name = "N", default_value_t = 2)]
+    k: usize,
+    /// How neighbours are retrieved (BM25 over captions, as the paper; the shipped CLIP knows
+    /// few held-out names, so clip and hybrid tend to return the asked style, not the entity).
+    #[arg(long, value_enum, default_value = "bm25")]
+    mode: RetrieveMode,
+    /// Steps per stage: one number for every stage, or one per stage, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "25")]
+    steps: Vec<usize>,
+    /// The seed of every generation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Only the first N held-out entities.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// The arguments of `reimagen generate`.
 #[derive(clap::Args)]
 struct GenerateArgs {
@@ -459,6 +513,10 @@ enum BenchCommand {
         /// Also write the workload here, for training/bench_peers.py.
         #[arg(long)]
         export: Option<PathBuf>,
+        /// Build the KB in DIR (a new folder) and keep it, to time cold opens of the CLI
+        /// against it [default: a temporary folder, removed at the end].
+        #[arg(long, value_name = "DIR")]
+        keep_kb: Option<PathBuf>,
         /// HNSW search width for text → image queries [default: the KB default].
         #[arg(long)]
         ef_search: Option<usize>,
@@ -499,7 +557,7 @@ enum BenchCommand {
 fn main() -> ExitCode {
     // SAFETY: the first statement of `main`; no other thread exists yet.
     unsafe { reimagen::tensor::quiet_headless_vulkan() };
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let filter = match cli.verbose {
         0 if matches!(cli.command, Command::Watch { .. }) => "info,tantivy=warn",
         // resvg warns of every odd attribute in the emoji SVGs; the renders are checked by eye.
@@ -517,11 +575,93 @@ fn main() -> ExitCode {
         .init();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if is_closed_pipe(&e) => ExitCode::from(CLOSED_PIPE_STATUS),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line. `--kb` is global, but `bench`, `dataset` and `doctor` never open the
+/// KB it names: each gets a hidden argument of the same id, which stops clap from offering the
+/// global one in their help and their subcommands' (`bench kb --kb DIR` is refused as unknown).
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    for name in ["bench", "dataset", "doctor"] {
+        command = command.mut_subcommand(name, |sub| {
+            sub.arg(
+                clap::Arg::new("kb")
+                    .long("kb")
+                    .hide(true)
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+        });
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Opens the KB for a command. A read command opens it read-only: it never waits for a writer
+/// (the daemon, a program) nor makes one wait. Only when no process writes and the read-only
+/// open cannot serve (an index to rebuild, a store to migrate) or finds an index behind the store
+/// (a writer killed between its two commits) does it open the KB for writing, which repairs
+/// that on open. A write command beside the daemon is refused with the daemon's pid and what to
+/// do instead (ARCHITECTURE.md, "Write commands beside the daemon").
+fn open_kb(dir: &Path, reads_only: bool) -> anyhow::Result<KnowledgeBase> {
+    let open = || {
+        KnowledgeBase::builder(dir)
+            .progress(rebuild_progress())
+            .open()
+    };
+    if reads_only {
+        let repairable = match KnowledgeBase::open_read_only(dir) {
+            Ok(kb) => {
+                if !kb.is_behind()? {
+                    return Ok(kb);
+                }
+                Ok(kb)
+            }
+            Err(e @ reimagen::Error::Store(reimagen::StoreError::ReadOnly { .. })) => Err(e),
+            Err(e) => return Err(e.into()),
+        };
+        if KnowledgeBase::is_locked(dir)? {
+            // The writer repairs what it needs to; meanwhile read what there is.
+            return Ok(repairable?);
+        }
+        drop(repairable);
+    }
+    match open() {
+        Ok(kb) => Ok(kb),
+        // Taken between the look and the open.
+        Err(reimagen::Error::Store(reimagen::StoreError::Locked { .. })) if reads_only => {
+            Ok(KnowledgeBase::open_read_only(dir)?)
+        }
+        Err(e @ reimagen::Error::Store(reimagen::StoreError::Locked { .. })) => {
+            match reimagen::watch::daemon_status(dir) {
+                Ok(status) if status.running => bail!(
+                    "the watch daemon (pid {pid}) holds {dir} for writing. Put the files in one \
+                     of its folders and it ingests them, or stop it (`kill {pid}`) and run this \
+                     command again; read commands (search, similar, list, show, stats, check, \
+                     status, backup) work beside it.",
+                    pid = status.pid,
+                    dir = dir.display()
+                ),
+                _ => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an error comes from writing to a pipe whose reader has gone.
+fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn default_kb_dir() -> PathBuf {
@@ -580,7 +720,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             builder = builder.generator_model(model);
         }
         let kb = builder.open()?;
-        println!(
+        out!(
             "{} knowledge base at {}",
             if existed {
                 "Opened existing"
@@ -593,6 +733,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if let Command::Generate(args) = cli.command {
         return generate(&dir, args);
+    }
+    if let Command::Demo(args) = cli.command {
+        return demo(args);
     }
     match cli.command {
         Command::Status { json } => return watch_status(&dir, json),
@@ -613,9 +756,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let kb = KnowledgeBase::builder(&dir)
-        .progress(rebuild_progress())
-        .open()
+    let reads_only = matches!(
+        cli.command,
+        Command::Search { .. }
+            | Command::Similar { .. }
+            | Command::List { .. }
+            | Command::Show { .. }
+            | Command::Stats { .. }
+            | Command::Check { .. }
+            | Command::Backup { .. }
+            | Command::Entities { .. }
+            | Command::Export { .. }
+    );
+    let kb = open_kb(&dir, reads_only)
         .with_context(|| format!("opening knowledge base {}", dir.display()))?;
     match cli.command {
         Command::Init { .. }
@@ -623,6 +776,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Doctor { .. }
         | Command::Embed { .. }
         | Command::Generate(_)
+        | Command::Demo(_)
         | Command::Dataset(_) => {
             unreachable!("handled above")
         }
@@ -717,22 +871,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .get(&id)?
                 .ok_or_else(|| reimagen::Error::NotFound(id.to_hex()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&pair)?);
+                out!("{}", serde_json::to_string_pretty(&pair)?);
             } else {
-                println!("edited {}", pair.id.short());
-                println!("caption  {}", pair.caption);
-                println!("entity   {}", pair.entity.as_deref().unwrap_or("-"));
-                println!("tags     {}", pair.tags.join(", "));
+                out!("edited {}", pair.id.short());
+                out!("caption  {}", pair.caption);
+                out!("entity   {}", pair.entity.as_deref().unwrap_or("-"));
+                out!("tags     {}", pair.tags.join(", "));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Entities { json } => {
             let entities = kb.entities()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entities)?);
+                out!("{}", serde_json::to_string_pretty(&entities)?);
             } else {
                 for e in &entities {
-                    println!("{:>6}  {}  {}", e.pairs, e.example.short(), e.name);
+                    out!("{:>6}  {}  {}", e.pairs, e.example.short(), e.name);
                 }
                 eprintln!("{} entities", entities.len());
             }
@@ -785,18 +939,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .get(&id)?
                 .ok_or_else(|| reimagen::Error::NotFound(id.to_hex()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&pair)?);
+                out!("{}", serde_json::to_string_pretty(&pair)?);
             } else {
-                println!("id       {}", pair.id);
-                println!("caption  {}", pair.caption);
-                println!("entity   {}", pair.entity.as_deref().unwrap_or("-"));
-                println!("tags     {}", pair.tags.join(", "));
-                println!(
+                out!("id       {}", pair.id);
+                out!("caption  {}", pair.caption);
+                out!("entity   {}", pair.entity.as_deref().unwrap_or("-"));
+                out!("tags     {}", pair.tags.join(", "));
+                out!(
                     "image    {}×{} {} ({} bytes)",
-                    pair.width, pair.height, pair.format, pair.byte_len
+                    pair.width,
+                    pair.height,
+                    pair.format,
+                    pair.byte_len
                 );
                 for p in &pair.paths {
-                    println!("path     {p}");
+                    out!("path     {p}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -804,10 +961,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List { json } => {
             let pairs = kb.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&pairs)?);
+                out!("{}", serde_json::to_string_pretty(&pairs)?);
             } else {
                 for p in &pairs {
-                    println!(
+                    out!(
                         "{}  {:<20}  {}",
                         p.id.short(),
                         p.entity.as_deref().unwrap_or("-"),
@@ -825,7 +982,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .resolve(&raw)
                     .and_then(|id| kb.remove(&id).map(|found| (id, found)))
                 {
-                    Ok((id, true)) => println!("removed {id}"),
+                    Ok((id, true)) => out!("removed {id}"),
                     Ok((id, false)) => {
                         eprintln!("error: no pair with id {id}");
                         code = ExitCode::FAILURE;
@@ -841,30 +998,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats { json } => {
             let s = kb.stats()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                out!("{}", serde_json::to_string_pretty(&s)?);
             } else {
-                println!("knowledge base  {}", s.path.display());
-                println!("pairs           {}", s.pairs);
-                println!("entities        {}", s.entities);
-                println!(
+                out!("knowledge base  {}", s.path.display());
+                out!("pairs           {}", s.pairs);
+                out!("entities        {}", s.entities);
+                out!(
                     "embedder        {}",
                     s.embedder.as_deref().unwrap_or("none (BM25 only)")
                 );
-                println!("schema version  {}", s.schema_version);
-                println!("change log      {} changes", s.last_seq);
-                println!(
+                out!("schema version  {}", s.schema_version);
+                out!("change log      {} changes", s.last_seq);
+                out!(
                     "store           {:.1} MiB on disk, map {:.0} MiB",
                     s.disk_size as f64 / 1048576.0,
                     s.map_size as f64 / 1048576.0
                 );
-                println!("BM25 index      {} documents", s.text_index_docs);
-                println!(
+                out!("BM25 index      {} documents", s.text_index_docs);
+                out!(
                     "image index     {} points ({} tombstones)",
-                    s.image_index.points, s.image_index.tombstones
+                    s.image_index.points,
+                    s.image_index.tombstones
                 );
-                println!(
+                out!(
                     "text vectors    {} points ({} tombstones)",
-                    s.text_vector_index.points, s.text_vector_index.tombstones
+                    s.text_vector_index.points,
+                    s.text_vector_index.tombstones
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -872,14 +1031,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { json } => {
             let report = kb.check()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.is_consistent() {
-                println!("ok: {} pairs; store and indices agree", report.pairs);
+                out!("ok: {} pairs; store and indices agree", report.pairs);
             } else {
                 for p in &report.problems {
-                    println!("mismatch: {p}");
+                    out!("mismatch: {p}");
                 }
-                println!("run `reimagen rebuild-index` to rebuild the indices from the store");
+                out!("run `reimagen rebuild-index` to rebuild the indices from the store");
             }
             Ok(if report.is_consistent() {
                 ExitCode::SUCCESS
@@ -892,15 +1051,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kb.rebuild_indices()?;
             bar.finish_and_clear();
             let s = kb.stats()?;
-            println!(
+            out!(
                 "rebuilt: {} BM25 documents, {} image points, {} text points",
-                s.text_index_docs, s.image_index.points, s.text_vector_index.points
+                s.text_index_docs,
+                s.image_index.points,
+                s.text_vector_index.points
             );
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { dest } => {
             kb.backup(&dest)?;
-            println!("backed up {} to {}", kb.path().display(), dest.display());
+            out!("backed up {} to {}", kb.path().display(), dest.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { .. } | Command::Status { .. } => unreachable!("handled above"),
@@ -1034,6 +1195,7 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             queries,
             seed,
             export,
+            keep_kb,
             ef_search,
             ef_construction,
             spread,
@@ -1041,6 +1203,16 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let kb_dir = match keep_kb {
+                Some(kept) if kept.exists() => {
+                    bail!(
+                        "{}: --keep-kb needs a folder that does not exist",
+                        kept.display()
+                    )
+                }
+                Some(kept) => kept,
+                None => dir.path().join("kb"),
+            };
             let mut hnsw = reimagen::HnswParams::default();
             hnsw.ef_search_cross = ef_search.unwrap_or(hnsw.ef_search_cross);
             hnsw.ef_construction = ef_construction.unwrap_or(hnsw.ef_construction);
@@ -1054,9 +1226,8 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
                 noise,
             };
             let bar = spinner("benchmarking");
-            let report = reimagen::bench::run_kb(&dir.path().join("kb"), &opts, &|m| {
-                bar.set_message(m.to_string())
-            })?;
+            let report =
+                reimagen::bench::run_kb(&kb_dir, &opts, &|m| bar.set_message(m.to_string()))?;
             bar.finish_and_clear();
             print_report(&report, json)?;
             Ok(ExitCode::SUCCESS)
@@ -1131,9 +1302,9 @@ fn print_report<T: serde::Serialize + std::fmt::Display>(
     json: bool,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        out!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        println!("{report}");
+        out!("{report}");
     }
     Ok(())
 }
@@ -1174,7 +1345,7 @@ fn watch(
 fn watch_status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let s = reimagen::watch::daemon_status(dir)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        out!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);
     }
     let ago = |t: u64| {
@@ -1184,17 +1355,17 @@ fn watch_status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         format!("{} s ago", now.saturating_sub(t))
     };
     if s.running {
-        println!(
+        out!(
             "daemon      running (pid {}, state {:?}, updated {})",
             s.pid,
             s.state,
             ago(s.updated_at)
         );
     } else {
-        println!("daemon      not running");
+        out!("daemon      not running");
     }
     for r in &s.roots {
-        println!(
+        out!(
             "folder      {}  {} items  {}{}",
             r.path.display(),
             r.items,
@@ -1206,27 +1377,28 @@ fn watch_status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    println!("items       {}", s.items);
-    println!(
+    out!("items       {}", s.items);
+    out!(
         "queue       {} ({} deletions waiting)",
-        s.queue, s.pending_deletes
+        s.queue,
+        s.pending_deletes
     );
     match &s.last_scan {
-        Some(scan) => println!(
+        Some(scan) => out!(
             "last scan   {} ({} files, {} changed, {} ms)",
             ago(scan.at),
             scan.files,
             scan.changed,
             scan.duration_ms
         ),
-        None => println!("last scan   never"),
+        None => out!("last scan   never"),
     }
     for w in &s.warnings {
-        println!("warning     {w}");
+        out!("warning     {w}");
     }
-    println!("quarantined {}", s.quarantined.len());
+    out!("quarantined {}", s.quarantined.len());
     for q in &s.quarantined {
-        println!("  {}: {}", q.path, q.reason);
+        out!("  {}: {}", q.path, q.reason);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1305,13 +1477,13 @@ fn add(
                 Err(e) => serde_json::json!({"path": path, "status": "error", "error": e}),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         for (path, r) in &results {
             match r {
-                Ok(AddOutcome::Added(id)) => println!("added {}  {}", id.short(), path.display()),
+                Ok(AddOutcome::Added(id)) => out!("added {}  {}", id.short(), path.display()),
                 Ok(AddOutcome::Duplicate(id)) => {
-                    println!("already present as {}  {}", id.short(), path.display())
+                    out!("already present as {}  {}", id.short(), path.display())
                 }
                 Err(e) => eprintln!("error: {e}"),
             }
@@ -1344,7 +1516,7 @@ fn import(kb: &KnowledgeBase, dir: &Path, json: bool) -> anyhow::Result<ExitCode
             .iter()
             .map(|(p, e)| serde_json::json!({"path": p, "error": e}))
             .collect();
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"added": report.added, "duplicates": report.duplicates, "failed": failed})
@@ -1355,7 +1527,7 @@ fn import(kb: &KnowledgeBase, dir: &Path, json: bool) -> anyhow::Result<ExitCode
             let _ = path;
             eprintln!("skipped: {e}");
         }
-        println!(
+        out!(
             "imported {} new pairs ({} already present, {} refused)",
             report.added,
             report.duplicates,
@@ -1411,14 +1583,14 @@ fn export(
         return Ok(ExitCode::SUCCESS);
     }
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"file": file, "pairs": count, "embeddings": embeddings})
             )?
         );
     } else {
-        println!("exported {count} pairs to {}", file.display());
+        out!("exported {count} pairs to {}", file.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1442,7 +1614,7 @@ fn import_jsonl(kb: &KnowledgeBase, file: &Path, json: bool) -> anyhow::Result<E
             .iter()
             .map(|(line, e)| serde_json::json!({"line": line, "error": e}))
             .collect();
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "added": report.added,
@@ -1455,7 +1627,7 @@ fn import_jsonl(kb: &KnowledgeBase, file: &Path, json: bool) -> anyhow::Result<E
         for (line, e) in &report.failed {
             eprintln!("{}:{line}: {e}", file.display());
         }
-        println!(
+        out!(
             "imported {} new pairs ({} updated, {} unchanged, {} lines refused)",
             report.added,
             report.updated,
@@ -1472,9 +1644,9 @@ fn import_jsonl(kb: &KnowledgeBase, file: &Path, json: bool) -> anyhow::Result<E
 
 fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(hits)?);
+        out!("{}", serde_json::to_string_pretty(hits)?);
     } else if hits.is_empty() {
-        println!("no hits");
+        out!("no hits");
     } else {
         for (i, h) in hits.iter().enumerate() {
             let sources: Vec<String> = h
@@ -1482,7 +1654,7 @@ fn print_hits(hits: &[Hit], json: bool) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|p| format!("{:?}#{}", p.retriever, p.rank).to_lowercase())
                 .collect();
-            println!(
+            out!(
                 "{:>2}. {}  {:>8.4}  {:<18} {}  [{}]",
                 i + 1,
                 h.id.short(),
@@ -1547,12 +1719,12 @@ fn embed(
             "model": embedder.id(),
             "device": device.name(),
         });
-        println!("{out}");
+        out!("{out}");
     } else {
-        println!("model   {}", embedder.id());
-        println!("device  {}", device.name());
+        out!("model   {}", embedder.id());
+        out!("device  {}", device.name());
         for v in &embedding {
-            println!("{v}");
+            out!("{v}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1573,11 +1745,12 @@ fn reembed(kb: &KnowledgeBase, json: bool) -> anyhow::Result<ExitCode> {
     })?;
     bar.finish_and_clear();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        out!(
             "re-embedded {} pairs with {}",
-            report.embedded, report.embedder
+            report.embedded,
+            report.embedder
         );
         for (id, reason) in &report.failed {
             eprintln!("failed {id}: {reason}");
@@ -1642,24 +1815,23 @@ fn generate(dir: &Path, args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let (request, choice) = generation_settings(&args);
     // Impossible settings are refused before anything is opened or loaded.
     request.validate().map_err(reimagen::Error::from)?;
-    let kb = KnowledgeBase::builder(dir)
-        .progress(rebuild_progress())
-        .open()
-        .with_context(|| format!("opening knowledge base {}", dir.display()))?;
+    // Generation only reads the KB, so it runs beside the watch daemon.
+    let kb =
+        open_kb(dir, true).with_context(|| format!("opening knowledge base {}", dir.display()))?;
     if args.dry_run {
         let selection = kb.choose_neighbours(&request.prompt, &choice)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&selection)?);
+            out!("{}", serde_json::to_string_pretty(&selection)?);
         } else {
             for w in &selection.warnings {
                 eprintln!("warning: {w}");
             }
             if selection.neighbours.is_empty() {
-                println!("no neighbours");
+                out!("no neighbours");
             }
             for (i, n) in selection.neighbours.iter().enumerate() {
                 let score = n.score.map_or("given".to_string(), |s| format!("{s:.4}"));
-                println!(
+                out!(
                     "{:>2}. {}  {:>8}  {:<18} {}",
                     i + 1,
                     n.id.short(),
@@ -1710,18 +1882,157 @@ fn generate(dir: &Path, args: GenerateArgs) -> anyhow::Result<ExitCode> {
     }
     let provenance = generation.write(&args.out, args.all_stages, &model, &device.name())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&provenance)?);
+        out!("{}", serde_json::to_string_pretty(&provenance)?);
     } else {
         for f in provenance.files.iter().filter(|f| f.final_stage) {
-            println!("wrote {}", f.path.display());
+            out!("wrote {}", f.path.display());
         }
-        println!("provenance {}", provenance.path.display());
+        out!("provenance {}", provenance.path.display());
         for n in &provenance.record.neighbours {
             let score = n.score.map_or("given".to_string(), |s| format!("{s:.4}"));
-            println!("neighbour {}  {score:>8}  {}", n.id.short(), n.caption);
+            out!("neighbour {}  {score:>8}  {}", n.id.short(), n.caption);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A path of this checkout (`examples/demo`, `models/clip`): relative to the working directory
+/// when it is there (`cargo run` in the checkout), else to the checkout the binary was built
+/// from.
+fn shipped(relative: &str) -> PathBuf {
+    let here = PathBuf::from(relative);
+    if here.exists() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    }
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let model = args.model.unwrap_or_else(|| shipped("models/reimagen"));
+    let clip = args.clip.unwrap_or_else(|| shipped("models/clip"));
+    let samples = args.samples.unwrap_or_else(|| shipped("examples/demo"));
+    for (what, folder) in [("CLIP", &clip), ("sample set", &samples)] {
+        if !folder.is_dir() {
+            bail!(
+                "the demo's {what} folder {} does not exist",
+                folder.display()
+            );
+        }
+    }
+    if !model.join("cascade.json").is_file() {
+        bail!(
+            "no generator model at {}: the demo needs a cascade folder (docs/generator.md §2). \
+             Train one (docs/training.md) or give --model DIR",
+            model.display()
+        );
+    }
+    let mut request = reimagen::GenerationRequest::new("demo");
+    request.steps = args.steps;
+    request.seed = args.seed;
+    request.validate().map_err(reimagen::Error::from)?;
+    let device = reimagen::Device::from_env()?;
+    let generator = {
+        let bar = spinner(&format!("loading {}", model.display()));
+        let generator = reimagen::generate::open::open_generator(&model, &device)
+            .map_err(reimagen::Error::from);
+        bar.finish_and_clear();
+        generator?
+    };
+    let options = reimagen::demo::DemoOptions {
+        samples,
+        out: args.out,
+        clip,
+        k: args.k,
+        mode: match args.mode {
+            RetrieveMode::Bm25 => SearchMode::Bm25,
+            RetrieveMode::Clip => SearchMode::Clip,
+            RetrieveMode::Hybrid => SearchMode::Hybrid,
+        },
+        request,
+        limit: args.limit,
+    };
+    let cancel = reimagen::CancelToken::new();
+    cancel_on_ctrl_c(cancel.clone());
+    let mut bars = DemoBars::default();
+    let report = reimagen::demo::run(&options, generator.as_ref(), &mut bars, &cancel);
+    bars.finish();
+    let report = match report {
+        Err(reimagen::Error::Generate(e @ reimagen::GenerateError::Cancelled { .. })) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
+    print_report(&report, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's bars: the import, then one bar over all generations.
+#[derive(Default)]
+struct DemoBars {
+    import: Option<ProgressBar>,
+    generations: Option<ProgressBar>,
+    label: String,
+}
+
+impl DemoBars {
+    fn finish(&mut self) {
+        for bar in [self.import.take(), self.generations.take()]
+            .into_iter()
+            .flatten()
+        {
+            bar.finish();
+        }
+    }
+}
+
+impl reimagen::GenerationObserver for DemoBars {
+    fn progress(&mut self, p: &reimagen::generate::Progress) {
+        if let Some(bar) = &self.generations {
+            bar.set_message(format!(
+                "{}: stage {}/{} step {}/{}",
+                self.label,
+                p.stage + 1,
+                p.stages,
+                p.step + 1,
+                p.steps
+            ));
+        }
+    }
+}
+
+impl reimagen::demo::DemoObserver for DemoBars {
+    fn import(&mut self, p: reimagen::Progress) {
+        let bar = self.import.get_or_insert_with(|| {
+            ProgressBar::new(p.total).with_style(
+                ProgressStyle::with_template("importing  [{bar:40}] {pos}/{len} pairs ({eta})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            )
+        });
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    }
+
+    fn generation(&mut self, prompt: &str, index: usize, total: usize, with: bool) {
+        if let Some(bar) = self.import.take() {
+            bar.finish();
+        }
+        let bar = self.generations.get_or_insert_with(|| {
+            ProgressBar::new(2 * total as u64).with_style(
+                ProgressStyle::with_template("generating [{bar:40}] {pos}/{len} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            )
+        });
+        bar.set_position(2 * index as u64 + u64::from(!with));
+        self.label = format!(
+            "{prompt} ({})",
+            if with { "with retrieval" } else { "without" }
+        );
+        bar.set_message(self.label.clone());
+    }
 }
 
 /// Cancels `cancel` on the first Ctrl-C (the generation stops before its next step); a second

@@ -138,6 +138,14 @@ pub fn decode_image(
     image_limits.max_image_height = Some(limits.max_height);
     image_limits.max_alloc = Some(limits.max_alloc);
     reader.limits(image_limits);
+    // Decoders fill a missing tail with grey (JPEG) or stop at the last whole frame (GIF): the
+    // format's own end marker is what tells a whole file from the start of one.
+    if let Some(reason) = missing_end(format, &bytes) {
+        return Err(IngestError::Truncated {
+            path: name.to_path_buf(),
+            reason,
+        });
+    }
     let image = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(l) => IngestError::TooLarge {
             path: name.to_path_buf(),
@@ -147,6 +155,10 @@ pub fn decode_image(
                 limits.max_height,
                 limits.max_alloc >> 20
             ),
+        },
+        other if ran_out_of_bytes(&other) => IngestError::Truncated {
+            path: name.to_path_buf(),
+            reason: format!("the decoder ran out of bytes ({other})"),
         },
         other => bad(other.to_string()),
     })?;
@@ -161,6 +173,97 @@ pub fn decode_image(
             .unwrap_or("image")
             .to_string(),
     })
+}
+
+/// Why `bytes`, an image of `format`, cannot be whole: its end marker or declared length is
+/// missing. `None` when the file ends where the format says it does.
+fn missing_end(format: ImageFormat, bytes: &[u8]) -> Option<String> {
+    match format {
+        // The IEND chunk: length 0, type, CRC. Anything after it is ignored by decoders.
+        ImageFormat::Png => {
+            const IEND: &[u8] = b"\0\0\0\0IEND\xAE\x42\x60\x82";
+            (!bytes.windows(IEND.len()).any(|w| w == IEND))
+                .then(|| "PNG without its IEND chunk".to_string())
+        }
+        // EOI (FF D9) after the last start-of-scan (FF DA): an EXIF thumbnail has its own EOI,
+        // but it comes before the main image's scans.
+        ImageFormat::Jpeg => {
+            let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+            match (last(0xDA), last(0xD9)) {
+                (Some(sos), Some(eoi)) if eoi > sos => None,
+                (None, _) => Some("JPEG without a start of scan (FF DA)".into()),
+                _ => {
+                    Some("JPEG without its end-of-image marker (FF D9) after the last scan".into())
+                }
+            }
+        }
+        // The trailer byte 0x3B ends every GIF; without it the last frames are missing.
+        ImageFormat::Gif => {
+            (bytes.last() != Some(&0x3B)).then(|| "GIF without its trailer (3B)".to_string())
+        }
+        // RIFF: bytes 4..8 hold the length of what follows them.
+        ImageFormat::WebP => {
+            let declared = bytes
+                .get(4..8)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize + 8);
+            match declared {
+                Some(n) if bytes.len() >= n => None,
+                Some(n) => Some(format!(
+                    "WebP of {} bytes where its RIFF header declares {n}",
+                    bytes.len()
+                )),
+                None => Some("WebP shorter than its RIFF header".into()),
+            }
+        }
+        // bfSize (bytes 2..6) is the file's length; some writers leave it 0. The pixel data
+        // starts at bfOffBits (10..14), and a row count times a row size must fit after it.
+        ImageFormat::Bmp => {
+            let u32_at = |at: usize| {
+                bytes
+                    .get(at..at + 4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            };
+            match (u32_at(2), u32_at(10)) {
+                (Some(size), _) if size != 0 && bytes.len() < size => Some(format!(
+                    "BMP of {} bytes where its header declares {size}",
+                    bytes.len()
+                )),
+                (_, Some(offset)) if bytes.len() <= offset => {
+                    Some("BMP that ends before its pixel data".into())
+                }
+                (None, _) | (_, None) => Some("BMP shorter than its header".into()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether a decoder error means the input ended early rather than held something wrong.
+fn ran_out_of_bytes(e: &image::ImageError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::UnexpectedEof
+        {
+            return true;
+        }
+        let text = err.to_string().to_lowercase();
+        if [
+            "unexpected end",
+            "unexpected eof",
+            "end of file",
+            "truncated",
+            "not enough data",
+        ]
+        .iter()
+        .any(|s| text.contains(s))
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Longest side of a thumbnail, in pixels.

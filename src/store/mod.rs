@@ -16,7 +16,8 @@ use std::sync::{RwLock, RwLockReadGuard};
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64, Unit};
 use heed::{
-    CommitToken, Database, DatabaseOpener, Env, EnvOpenOptions, OnCommit, RoTxn, RwTxn, WithoutTls,
+    CommitOrAbort, CommitToken, Database, DatabaseOpener, Env, EnvFlags, EnvOpenOptions, MdbError,
+    OnCommit, RoTxn, RwTxn, WithoutTls,
 };
 
 use crate::error::StoreError;
@@ -90,6 +91,36 @@ impl<'e> Tables<'e> {
     }
 }
 
+impl<'e> Tables<'e> {
+    /// Opens every table in a read transaction; `None` when one is missing (a store that was
+    /// never opened for writing by this build's schema).
+    pub(crate) fn open(
+        opener: &DatabaseOpener<'e, WithoutTls>,
+        rtxn: &RoTxn<'e, WithoutTls>,
+    ) -> heed::Result<Option<Self>> {
+        macro_rules! open {
+            ($name:expr) => {
+                match opener.open_database(rtxn, Some($name))? {
+                    Some(db) => db,
+                    None => return Ok(None),
+                }
+            };
+        }
+        Ok(Some(Tables {
+            pairs: open!(db_name::PAIRS),
+            images: open!(db_name::IMAGES),
+            embeddings: open!(db_name::EMBEDDINGS),
+            paths: open!(db_name::PATHS),
+            id_paths: open!(db_name::ID_PATHS),
+            docs: open!(db_name::DOCS),
+            change_log: open!(db_name::CHANGE_LOG),
+            meta: open!(db_name::META),
+            thumbnails: open!(db_name::THUMBNAILS),
+            quarantine: open!(db_name::QUARANTINE),
+        }))
+    }
+}
+
 impl OnCommit for Tables<'_> {
     type Committed = Tables<'static>;
 
@@ -120,8 +151,12 @@ pub struct Store {
     pub(crate) tables: Tables<'static>,
     path: PathBuf,
     /// Held shared by every transaction and exclusively while the map is resized: LMDB requires
-    /// that no transaction is open in the process when the map size changes.
+    /// that no transaction is open in the process when the map size changes. Only this process's
+    /// transactions: another process's readers never hold up a resize (invariant "the map grows
+    /// itself"), they adopt the new size when their next transaction starts.
     resize_lock: RwLock<()>,
+    /// Opened with `MDB_RDONLY` beside a writer in another process: no write transaction.
+    read_only: bool,
 }
 
 /// A read transaction that keeps the map from being resized under it.
@@ -167,13 +202,94 @@ impl Store {
                 .open(dir)
         }
         .map_err(lmdb)?;
+        // Reader slots of processes that died (kill -9) would pin old pages forever.
+        match env.clear_stale_readers() {
+            Ok(0) => {}
+            Ok(dead) => tracing::info!(dead, "cleared reader slots of processes that are gone"),
+            Err(e) => tracing::warn!("clearing stale LMDB readers failed: {e}"),
+        }
         let tables = migrate::run(&env, dir)?;
         Ok(Store {
             env,
             tables,
             path: dir.to_path_buf(),
             resize_lock: RwLock::new(()),
+            read_only: false,
         })
+    }
+
+    /// Opens the store in `dir` for reading only, beside a writer in this or another process:
+    /// no migration (a store at another schema version is refused) and no write transaction.
+    /// The map is the size the writer last gave it, and follows it as it grows.
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        let lmdb = |source| StoreError::Lmdb {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !dir.join("data.mdb").exists() {
+            return Err(StoreError::ReadOnly {
+                path: dir.to_path_buf(),
+                reason: "there is no store yet; open it for writing once to create it".into(),
+            });
+        }
+        // SAFETY: as in `open`; MDB_RDONLY maps the file read-only, and LMDB's own lock file
+        // (lock.mdb) coordinates this reader with the writer of any process.
+        let env = unsafe {
+            let mut options = EnvOpenOptions::new().read_txn_without_tls();
+            options
+                .max_dbs(16)
+                .max_readers(MAX_READERS)
+                .flags(EnvFlags::READ_ONLY);
+            options.open(dir)
+        }
+        .map_err(lmdb)?;
+        let rtxn = env.read_txn().map_err(lmdb)?;
+        let tables = env
+            .open_databases_and_commit(
+                rtxn,
+                |opener, rtxn| -> heed::Result<CommitOrAbort<Tables<'_>, ()>> {
+                    Ok(match Tables::open(opener, rtxn)? {
+                        Some(tables) => CommitOrAbort::Commit(tables),
+                        None => CommitOrAbort::Abort(()),
+                    })
+                },
+            )
+            .map_err(lmdb)?
+            .commit();
+        let Some(tables) = tables else {
+            return Err(StoreError::ReadOnly {
+                path: dir.to_path_buf(),
+                reason: "the store lacks tables of this build's schema; open it for writing once \
+                         to migrate it"
+                    .into(),
+            });
+        };
+        let store = Store {
+            env,
+            tables,
+            path: dir.to_path_buf(),
+            resize_lock: RwLock::new(()),
+            read_only: true,
+        };
+        let rtxn = store.read()?;
+        let found = store.schema_version(&rtxn)?;
+        drop(rtxn);
+        if found != migrate::CURRENT_VERSION {
+            return Err(StoreError::ReadOnly {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the store is at schema version {found}, this build reads {}; open it for \
+                     writing with this build once to migrate it",
+                    migrate::CURRENT_VERSION
+                ),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Whether this store was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The store directory.
@@ -190,6 +306,20 @@ impl Store {
 
     /// Starts a read transaction.
     pub fn read(&self) -> Result<ReadView<'_>, StoreError> {
+        let guard = self.resize_lock.read().unwrap_or_else(|e| e.into_inner());
+        match self.env.read_txn() {
+            Ok(txn) => return Ok(ReadView { txn, _guard: guard }),
+            // Another process grew the map past ours: adopt its size (no transaction of this
+            // process may be open meanwhile, hence the exclusive lock), then start again.
+            Err(heed::Error::Mdb(MdbError::MapResized)) => drop(guard),
+            Err(e) => return Err(self.lmdb_err(e)),
+        }
+        {
+            let _exclusive = self.resize_lock.write().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: the exclusive lock waits for this process's transactions to end and keeps
+            // new ones from starting; 0 means "the size the file's meta page records".
+            unsafe { self.env.resize(0) }.map_err(|e| self.lmdb_err(e))?;
+        }
         let guard = self.resize_lock.read().unwrap_or_else(|e| e.into_inner());
         let txn = self.env.read_txn().map_err(|e| self.lmdb_err(e))?;
         Ok(ReadView { txn, _guard: guard })

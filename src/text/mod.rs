@@ -33,7 +33,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Te
 
 pub use analyzer::{ANALYZER_VERSION, TextLanguage, UnknownLanguage, name_key};
 
-use crate::error::IndexError;
+use crate::error::{IndexError, StoreError};
 use crate::kb::Progress;
 use crate::store::Store;
 use crate::store::records::{Change, ImageId, PairRecord};
@@ -173,7 +173,9 @@ pub struct TextIndex {
     fields: Fields,
     language: TextLanguage,
     reader: IndexReader,
-    writer: Mutex<IndexWriter>,
+    /// `None` when opened read-only beside the writer of another process, which holds
+    /// tantivy's writer lock.
+    writer: Option<Mutex<IndexWriter>>,
 }
 
 impl TextIndex {
@@ -236,7 +238,7 @@ impl TextIndex {
         if index.schema() != expected {
             return Err(Unusable::Broken("schema differs from this build's".into()));
         }
-        let text = Self::with_index(dir, index, language).map_err(|e| broken(&e))?;
+        let text = Self::with_index(dir, index, language, true).map_err(|e| broken(&e))?;
         let rtxn = store.read().map_err(|e| broken(&e))?;
         if payload.seq > store.last_seq(&rtxn).map_err(|e| broken(&e))? {
             return Err(Unusable::Broken(
@@ -258,13 +260,72 @@ impl TextIndex {
             path: dir.into(),
             source,
         })?;
-        Self::with_index(dir, index, language)
+        Self::with_index(dir, index, language, true)
+    }
+
+    /// Opens the index in `dir` for searching only, beside the process that writes it: no
+    /// tantivy writer, no catch-up, no rebuild. Each search first looks for the writer's latest
+    /// commit ([`TextIndex::refresh`]). An index this build cannot use is an error that says so.
+    pub fn open_read_only(dir: &Path, language: TextLanguage) -> Result<TextIndex, crate::Error> {
+        let unusable = |why: String| StoreError::ReadOnly {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the text index {} cannot be used ({why}); open the knowledge base for writing \
+                 once (or let the daemon run) to rebuild it",
+                dir.display()
+            ),
+        };
+        if !dir.join("meta.json").exists() {
+            return Err(unusable("no index".into()).into());
+        }
+        let index = Index::open_in_dir(dir).map_err(|e| unusable(e.to_string()))?;
+        let payload = Self::payload_of(&index).map_err(|e| unusable(e.to_string()))?;
+        if payload.analyzer != ANALYZER_VERSION || payload.language != Some(language) {
+            return Err(unusable("built with another analyzer or language".into()).into());
+        }
+        if index.schema() != schema().0 {
+            return Err(unusable("schema differs from this build's".into()).into());
+        }
+        Ok(Self::with_index(dir, index, language, false)?)
+    }
+
+    /// Picks up the writer's latest commit; a no-op where this process writes (its commits
+    /// reload the reader already).
+    pub fn refresh(&self) -> Result<(), IndexError> {
+        if self.writer.is_some() {
+            return Ok(());
+        }
+        // The writer deletes the segments a merge replaced right after its commit: a reload that
+        // read the meta just before may miss a file. The next read finds the new meta.
+        let mut tries = 0;
+        loop {
+            match self.reader.reload() {
+                Ok(()) => return Ok(()),
+                Err(_) if tries < 3 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, crate::Error> {
+        match &self.writer {
+            Some(writer) => Ok(writer.lock().unwrap_or_else(|e| e.into_inner())),
+            None => Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+                reason: "the text index is read-only in this process".into(),
+            }
+            .into()),
+        }
     }
 
     fn with_index(
         dir: &Path,
         index: Index,
         language: TextLanguage,
+        writable: bool,
     ) -> Result<TextIndex, IndexError> {
         let err = |source| IndexError::Text {
             path: dir.into(),
@@ -280,9 +341,15 @@ impl TextIndex {
             .tokenizers()
             .register(analyzer::PLAIN, analyzer::words(TextLanguage::None));
         let (_, fields) = schema();
-        let writer = index
-            .writer_with_num_threads(1, WRITER_MEMORY)
-            .map_err(err)?;
+        let writer = if writable {
+            Some(Mutex::new(
+                index
+                    .writer_with_num_threads(1, WRITER_MEMORY)
+                    .map_err(err)?,
+            ))
+        } else {
+            None
+        };
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -294,7 +361,7 @@ impl TextIndex {
             fields,
             language,
             reader,
-            writer: Mutex::new(writer),
+            writer,
         })
     }
 
@@ -350,7 +417,7 @@ impl TextIndex {
             return Ok(());
         };
         let ids: BTreeSet<ImageId> = changes.iter().map(|c| c.id).collect();
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.writer()?;
         let rtxn = store.read()?;
         for id in ids {
             writer.delete_term(Term::from_field_text(self.fields.id, &id.to_hex()));
@@ -409,7 +476,7 @@ impl TextIndex {
         store: &Store,
         progress: &dyn Fn(Progress),
     ) -> Result<usize, crate::Error> {
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.writer()?;
         writer.delete_all_documents().map_err(|e| self.err(e))?;
         let rtxn = store.read()?;
         let seq = store.last_seq(&rtxn)?;
@@ -641,7 +708,7 @@ impl TextIndex {
 
     #[cfg(test)]
     pub(crate) fn writer_for_tests(&self) -> std::sync::MutexGuard<'_, IndexWriter> {
-        self.writer.lock().unwrap()
+        self.writer.as_ref().unwrap().lock().unwrap()
     }
 
     #[cfg(test)]

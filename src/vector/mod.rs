@@ -211,6 +211,9 @@ pub struct VectorIndex {
     root: PathBuf,
     params: HnswParams,
     state: RwLock<State>,
+    /// True until the dump is loaded, for an index opened with [`VectorIndex::open_deferred`]:
+    /// the first [`VectorIndex::catch_up`] loads it (a BM25 query never does).
+    deferred: std::sync::Mutex<bool>,
 }
 
 /// Counts for `stats` and `check`.
@@ -233,7 +236,17 @@ impl VectorIndex {
         params: HnswParams,
         store: &Store,
     ) -> Result<VectorIndex, crate::Error> {
-        let index = VectorIndex {
+        let index = Self::open_deferred(root, kind, params);
+        index.load_or_rebuild(store)?;
+        *index.deferred.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        Ok(index)
+    }
+
+    /// The index of `kind` under `root`, loaded by the first [`VectorIndex::catch_up`] rather
+    /// than now: a read-only KB opens its graphs only for the queries that walk them. Until
+    /// then it is empty.
+    pub fn open_deferred(root: &Path, kind: EmbeddingKind, params: HnswParams) -> VectorIndex {
+        VectorIndex {
             kind,
             root: root.to_path_buf(),
             params,
@@ -245,13 +258,19 @@ impl VectorIndex {
                 tombstones: HashSet::new(),
                 changes_since_dump: 0,
             }),
-        };
+            deferred: std::sync::Mutex::new(true),
+        }
+    }
+
+    /// Loads the last dump and replays the change log after it, or rebuilds from the store.
+    fn load_or_rebuild(&self, store: &Store) -> Result<(), crate::Error> {
+        let index = self;
         let rtxn = store.read()?;
         let (last_seq, embedder) = (store.last_seq(&rtxn)?, store.embedder_id(&rtxn)?);
         drop(rtxn);
         match index.load(last_seq, embedder.as_deref()) {
             Ok(()) => {
-                index.catch_up(store)?;
+                index.replay(store)?;
             }
             Err(reason) => {
                 if index.manifest_path().exists() {
@@ -263,7 +282,7 @@ impl VectorIndex {
                 index.rebuild(store)?;
             }
         }
-        Ok(index)
+        Ok(())
     }
 
     /// The kind of embedding this index holds.
@@ -352,8 +371,21 @@ impl VectorIndex {
         Ok(())
     }
 
-    /// Replays the change log from the last applied sequence.
+    /// Replays the change log from the last applied sequence (loading a deferred index first).
     pub fn catch_up(&self, store: &Store) -> Result<usize, crate::Error> {
+        {
+            // Held while loading: concurrent first users wait for the one load.
+            let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            if *deferred {
+                self.load_or_rebuild(store)?;
+                *deferred = false;
+                return Ok(0);
+            }
+        }
+        self.replay(store)
+    }
+
+    fn replay(&self, store: &Store) -> Result<usize, crate::Error> {
         let seq = self.state.read().unwrap_or_else(|e| e.into_inner()).seq;
         let rtxn = store.read()?;
         let changes = store.changes_after(&rtxn, seq)?;
@@ -468,6 +500,11 @@ impl VectorIndex {
     /// Writes the graph if it changed since the last dump (compacting first when tombstones pass
     /// a fifth of the points). `force` dumps even when nothing changed.
     pub fn dump(&self, store: &Store, force: bool) -> Result<(), crate::Error> {
+        // A reader beside another process's writer keeps its graph in memory: the files are the
+        // writer's.
+        if store.is_read_only() {
+            return Ok(());
+        }
         {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
             if state.changes_since_dump == 0 && !force && self.manifest_path().exists() {

@@ -200,6 +200,10 @@ pub(crate) struct Engine {
     /// Keyed by the lossy path, as the KB records it.
     quarantine: BTreeMap<PathBuf, QuarantineRecord>,
     pending: HashMap<PathBuf, Pending>,
+    /// Files the KB refused as truncated, with the fingerprint they had and when that was first
+    /// seen: a copy still under way, put back to settle until it stays truncated for
+    /// `truncated_grace`, when it is quarantined.
+    truncated: HashMap<PathBuf, (Fingerprint, Instant)>,
     deletes: BTreeMap<PathBuf, Instant>,
     sidecars: HashMap<PathBuf, Fingerprint>,
     caption_check: HashSet<ImageId>,
@@ -456,6 +460,7 @@ impl Engine {
             by_id: HashMap::new(),
             quarantine: BTreeMap::new(),
             pending: HashMap::new(),
+            truncated: HashMap::new(),
             deletes: BTreeMap::new(),
             sidecars: HashMap::new(),
             caption_check: HashSet::new(),
@@ -998,6 +1003,22 @@ impl Engine {
         }
     }
 
+    /// Whether a file the KB found truncated may still be growing: its fingerprint (to settle
+    /// again) unless it has stayed the same, truncated, for `truncated_grace`.
+    fn still_being_written(&mut self, path: &Path, now: Instant) -> Option<Fingerprint> {
+        let fp = match Fingerprint::of_path(path) {
+            Ok((fp, kind)) if kind.is_file() => fp,
+            _ => return None,
+        };
+        let grace = self.opts.truncated_grace;
+        let first = match self.truncated.get(path) {
+            Some(&(seen, since)) if seen == fp => since,
+            _ => now,
+        };
+        self.truncated.insert(path.to_path_buf(), (fp, first));
+        (now.duration_since(first) < grace).then_some(fp)
+    }
+
     /// Files whose size and mtime have not changed for `stable_for`.
     fn settle(&mut self, now: Instant) -> Vec<(PathBuf, Fingerprint)> {
         let stable_for = self.opts.stable_for;
@@ -1126,6 +1147,7 @@ impl Engine {
                             self.caption_check.insert(id);
                         }
                     }
+                    self.truncated.remove(&path);
                     self.known_insert(path.clone(), id, fp);
                     if self.quarantine.contains_key(&qkey(&path)) {
                         self.to_unquarantine.insert(qkey(&path));
@@ -1136,6 +1158,18 @@ impl Engine {
                 {
                     if self.known.contains_key(&path) {
                         self.deletes.entry(path).or_insert(now);
+                    }
+                }
+                Err(e @ Error::Ingest(IngestError::Truncated { .. })) => {
+                    match self.still_being_written(&path, now) {
+                        Some(fp) => {
+                            tracing::debug!("{e}; waiting for the rest of it");
+                            self.pending.insert(path, Pending { fp, since: now });
+                        }
+                        None => {
+                            self.truncated.remove(&path);
+                            failures.push((path, e.to_string()));
+                        }
                     }
                 }
                 Err(e) => failures.push((path, e.to_string())),

@@ -82,7 +82,8 @@ pub enum WatchError {
 /// By default: OS events (no forced polling); polling every 10 s for what the OS refuses to
 /// watch; a full reconcile scan every hour; deletions take effect 10 minutes after a file
 /// disappears; a file is ingested once its size and mtime have not changed for 1 s; 1,024 files
-/// per ingest batch; the status file is rewritten every 2 s; no signal handling (the CLI turns it
+/// per ingest batch; a file refused as truncated is retried until it has stayed so for 60 s;
+/// the status file is rewritten every 2 s; no signal handling (the CLI turns it
 /// on); every directory watched with events (no cap).
 #[derive(Clone, Debug)]
 #[must_use]
@@ -92,6 +93,7 @@ pub struct WatchOptions {
     rescan_every: Duration,
     delete_grace: Duration,
     stable_for: Duration,
+    truncated_grace: Duration,
     batch_size: usize,
     status_every: Duration,
     handle_signals: bool,
@@ -107,6 +109,7 @@ impl Default for WatchOptions {
             rescan_every: Duration::from_secs(3600),
             delete_grace: Duration::from_secs(600),
             stable_for: Duration::from_secs(1),
+            truncated_grace: Duration::from_secs(60),
             batch_size: 1024,
             status_every: Duration::from_secs(2),
             handle_signals: false,
@@ -146,6 +149,14 @@ impl WatchOptions {
     /// How long a file's size and mtime must stay unchanged before it is ingested.
     pub fn stable_for(mut self, interval: Duration) -> Self {
         self.stable_for = interval;
+        self
+    }
+
+    /// How long a file the KB refuses as truncated may stay so, unchanged, before it is
+    /// quarantined; until then it is taken for a copy still under way and looked at again each
+    /// time it has been stable for [`WatchOptions::stable_for`].
+    pub fn truncated_grace(mut self, grace: Duration) -> Self {
+        self.truncated_grace = grace;
         self
     }
 

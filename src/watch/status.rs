@@ -61,7 +61,8 @@ pub struct RootStatus {
 /// The last reconcile scan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanReport {
-    /// Seconds since the epoch when it finished.
+    /// Seconds since the epoch when it finished (`at_unix_s` in JSON).
+    #[serde(rename = "at_unix_s", alias = "at")]
     pub at: u64,
     /// How long it took, in milliseconds.
     pub duration_ms: u64,
@@ -78,7 +79,8 @@ pub struct QuarantinedFile {
     pub path: String,
     /// Why it was refused.
     pub reason: String,
-    /// Seconds since the epoch when it was refused.
+    /// Seconds since the epoch when it was refused (`at_unix_s` in JSON).
+    #[serde(rename = "at_unix_s", alias = "at")]
     pub at: u64,
 }
 
@@ -106,9 +108,11 @@ pub struct WatchStatus {
     pub pid: u32,
     /// The KB directory.
     pub kb: PathBuf,
-    /// Seconds since the epoch when the daemon started.
+    /// Seconds since the epoch when the daemon started (`started_at_unix_s` in JSON).
+    #[serde(rename = "started_at_unix_s", alias = "started_at")]
     pub started_at: u64,
-    /// Seconds since the epoch of this report.
+    /// Seconds since the epoch of this report (`updated_at_unix_s` in JSON).
+    #[serde(rename = "updated_at_unix_s", alias = "updated_at")]
     pub updated_at: u64,
     /// What the daemon is doing.
     pub state: DaemonState,
@@ -177,7 +181,7 @@ pub(crate) fn unix_now() -> u64 {
 /// The status of the daemon for the KB in `kb_dir`, whether or not one is running.
 ///
 /// While a daemon runs it holds the KB's lock, so its last status file is returned (with
-/// `running` true). Otherwise the KB is opened read-only in spirit (nothing is written) and the
+/// `running` true). Otherwise the KB is opened read-only (nothing is written) and the
 /// items and quarantine come from it; the folders are those of the last daemon, if any ran.
 pub fn daemon_status(kb_dir: &Path) -> Result<WatchStatus> {
     let path = kb_dir.join(STATUS_FILE);
@@ -193,7 +197,27 @@ pub fn daemon_status(kb_dir: &Path) -> Result<WatchStatus> {
             return Err(Error::Io { path, source });
         }
     };
-    match KnowledgeBase::open(kb_dir) {
+    // A daemon holds the lock; anything else holding it is a writer beside which the KB opens
+    // read-only, so `status` never keeps a daemon from starting.
+    if KnowledgeBase::is_locked(kb_dir)?
+        && let Some(status) = last.as_ref().filter(|s| pid_alive(s.pid))
+    {
+        return Ok(WatchStatus {
+            running: true,
+            ..status.clone()
+        });
+    }
+    stopped_status(kb_dir, last)
+}
+
+/// What `status` says of a KB no daemon holds: the last report, with counts read from the KB.
+fn stopped_status(kb_dir: &Path, last: Option<WatchStatus>) -> Result<WatchStatus> {
+    let opened = match KnowledgeBase::open_read_only(kb_dir) {
+        // Nothing to read yet (a store to migrate, an index to rebuild): open it as a writer.
+        Err(Error::Store(StoreError::ReadOnly { .. })) => KnowledgeBase::open(kb_dir),
+        other => other,
+    };
+    match opened {
         Ok(kb) => {
             let paths = kb.paths()?;
             let mut status = last.unwrap_or_else(|| WatchStatus {

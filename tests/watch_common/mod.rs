@@ -25,10 +25,12 @@ pub fn init_logs() {
     }
 }
 
-/// Options for tests: short stability interval and immediate deletes.
+/// Options for tests: short stability interval, immediate deletes, and a truncated file
+/// quarantined once it has stayed so for 300 ms.
 pub fn fast_options() -> WatchOptions {
     WatchOptions::default()
         .stable_for(Duration::from_millis(60))
+        .truncated_grace(Duration::from_millis(300))
         .delete_grace(Duration::ZERO)
         .status_every(Duration::from_millis(100))
         .fallback_poll(Duration::from_millis(200))

@@ -237,11 +237,14 @@ pub struct AdapterSummary {
     /// Whether cooperative matrices (tensor cores) are exposed
     /// (`EXPERIMENTAL_COOPERATIVE_MATRIX`). Not used by the kernels yet.
     pub cooperative_matrix: bool,
-    /// `max_storage_buffer_binding_size` in bytes.
+    /// `max_storage_buffer_binding_size` in bytes (`max_storage_buffer_binding_size_bytes` in JSON).
+    #[serde(rename = "max_storage_buffer_binding_size_bytes")]
     pub max_storage_buffer_binding_size: u64,
-    /// `max_buffer_size` in bytes.
+    /// `max_buffer_size` in bytes (`max_buffer_size_bytes` in JSON).
+    #[serde(rename = "max_buffer_size_bytes")]
     pub max_buffer_size: u64,
-    /// `max_compute_workgroup_storage_size` in bytes.
+    /// `max_compute_workgroup_storage_size` in bytes (`max_compute_workgroup_storage_size_bytes` in JSON).
+    #[serde(rename = "max_compute_workgroup_storage_size_bytes")]
     pub max_compute_workgroup_storage_size: u32,
     /// `max_compute_invocations_per_workgroup`.
     pub max_compute_invocations_per_workgroup: u32,
