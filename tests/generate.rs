@@ -13,10 +13,9 @@
 //! Not here: the UNet (its parity tests come with it).
 
 #[macro_use]
+mod reimagen_cases;
 mod tensor_support;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use reimagen::generate::guidance::{
@@ -31,51 +30,11 @@ use reimagen::generate::{
     Neighbour, NoObserver, Progress, Provenance, StageImages, StageInfo, tensor_to_images,
 };
 use reimagen::tensor::{Device, Tensor};
+use reimagen_cases::{Cases, cases};
 use serde_json::Value;
 use tensor_support::values;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reimagen")
-}
-
-/// One stage's cases: the JSON and the f32 tensors by name.
-struct Cases {
-    meta: Value,
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-fn cases(stage: &str) -> Cases {
-    let dir = fixtures();
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{stage}-cases.json"))).unwrap())
-            .unwrap();
-    let bytes = std::fs::read(dir.join(format!("{stage}-cases.safetensors"))).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, (view.shape().to_vec(), data))
-        })
-        .collect();
-    Cases { meta, tensors }
-}
-
 impl Cases {
-    fn tensor(&self, name: &str, dev: &Device) -> Tensor {
-        let (shape, data) = self
-            .tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture tensor {name} missing"));
-        Tensor::from_vec(data.clone(), shape, dev).unwrap()
-    }
-
     fn schedule(&self) -> Schedule {
         let cfg: ScheduleConfig = serde_json::from_value(self.meta["config"].clone()).unwrap();
         Schedule::new(cfg).unwrap()

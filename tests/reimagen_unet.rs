@@ -11,62 +11,20 @@
 //! Not here: sampling and the cascade (tests/cascade.rs).
 
 #[macro_use]
+mod reimagen_cases;
 mod tensor_support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use reimagen::generate::GenerateError;
 use reimagen::generate::reimagen::{
     NeighbourFeatures, TextCondition, TextEncoder, UNet, UNetConfig, UNetInput,
 };
-use reimagen::tensor::{Device, Tensor};
+use reimagen::tensor::Device;
+use reimagen_cases::{Cases, cases, fixtures};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reimagen")
-}
-
-struct Cases {
-    meta: Value,
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-fn cases(stage: &str) -> Cases {
-    let dir = fixtures();
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{stage}-cases.json"))).unwrap())
-            .unwrap();
-    let bytes = std::fs::read(dir.join(format!("{stage}-cases.safetensors"))).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, (view.shape().to_vec(), data))
-        })
-        .collect();
-    Cases { meta, tensors }
-}
-
 impl Cases {
-    fn tensor(&self, name: &str, dev: &Device) -> Tensor {
-        let (shape, data) = self
-            .tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture tensor {name} missing"));
-        Tensor::from_vec(data.clone(), shape, dev).unwrap()
-    }
-
-    fn values(&self, name: &str) -> &[f32] {
-        &self.tensors[name].1
-    }
-
     fn text(&self, states: &str, valid: &str, dev: &Device) -> TextCondition {
         TextCondition {
             states: self.tensor(states, dev),

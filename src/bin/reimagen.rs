@@ -1858,13 +1858,7 @@ fn generate(dir: &Path, args: GenerateArgs) -> anyhow::Result<ExitCode> {
             })?,
     };
     let device = reimagen::Device::from_env()?;
-    let generator = {
-        let bar = spinner(&format!("loading {}", model.display()));
-        let generator = reimagen::generate::open::open_generator(&model, &device)
-            .map_err(reimagen::Error::from);
-        bar.finish_and_clear();
-        generator?
-    };
+    let generator = load_generator(&model, &device)?;
     let cancel = reimagen::CancelToken::new();
     cancel_on_ctrl_c(cancel.clone());
     let mut observer = StageBars::new(generator.stages());
@@ -1894,6 +1888,17 @@ fn generate(dir: &Path, args: GenerateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the generator model folder `model` on `device`, with a spinner meanwhile.
+fn load_generator(
+    model: &Path,
+    device: &reimagen::Device,
+) -> anyhow::Result<Box<dyn reimagen::Generator + Send>> {
+    let bar = spinner(&format!("loading {}", model.display()));
+    let generator = reimagen::generate::open::open_generator(model, device);
+    bar.finish_and_clear();
+    Ok(generator.map_err(reimagen::Error::from)?)
 }
 
 /// A path of this checkout (`examples/demo`, `models/clip`): relative to the working directory
@@ -1932,13 +1937,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     request.seed = args.seed;
     request.validate().map_err(reimagen::Error::from)?;
     let device = reimagen::Device::from_env()?;
-    let generator = {
-        let bar = spinner(&format!("loading {}", model.display()));
-        let generator = reimagen::generate::open::open_generator(&model, &device)
-            .map_err(reimagen::Error::from);
-        bar.finish_and_clear();
-        generator?
-    };
+    let generator = load_generator(&model, &device)?;
     let options = reimagen::demo::DemoOptions {
         samples,
         out: args.out,
