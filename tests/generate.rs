@@ -16,7 +16,6 @@
 mod reimagen_cases;
 mod tensor_support;
 
-
 use image::RgbImage;
 use reimagen::generate::guidance::{
     self, Branch, Guidance, GuidanceMode, InterleavedChoice, TextSource, interleaved_choice,
