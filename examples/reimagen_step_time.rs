@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example reimagen_step_time -- MODEL_DIR [K] [RUNS] [STEPS]
+//! cargo run --release --example reimagen_step_time   # the tiny fixture cascade: a smoke run
 //! REIMAGEN_DEVICE=gpu cargo run --release --example reimagen_step_time -- MODEL_DIR
 //! ```
 //!
@@ -44,9 +45,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let folder = args
-        .get(1)
-        .ok_or("usage: reimagen_step_time MODEL_DIR [K] [RUNS] [STEPS]")?;
+    // Without a folder: the random-weight fixture cascade of the tests (seconds, a smoke run).
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reimagen").to_string();
+    let folder = args.get(1).unwrap_or(&fixture);
     let k: usize = args.get(2).map_or(Ok(2), |s| s.parse())?;
     let runs: usize = args.get(3).map_or(Ok(5), |s| s.parse())?;
     let steps: usize = args.get(4).map_or(Ok(6), |s| s.parse())?;
