@@ -593,23 +593,9 @@ impl Builder {
                 Some(embedder)
             }
             (None, Some(model)) if self.load_configured_embedder => {
-                let folder = dir.join(model);
-                let embedder =
-                    ClipEmbedder::lazy(&folder, WeightPrecision::F32).map_err(|source| {
-                        ModelError::Clip {
-                            model: folder.display().to_string(),
-                            source,
-                        }
-                    })?;
-                // A model changed under a KB leaves it searchable by BM25; CLIP search waits
-                // for `reembed`, so two models' vectors are never ranked together.
-                stale = match stored {
-                    Some(s) if s != embedder.id() => Some(s),
-                    // Pairs added before any embedder have no vectors at all.
-                    None if pair_count > 0 => Some("no embedder".to_string()),
-                    _ => None,
-                };
-                Some(Arc::new(embedder) as Arc<dyn Embedder>)
+                let (embedder, why) = configured_embedder(&dir.join(model), stored, pair_count)?;
+                stale = why;
+                Some(embedder)
             }
             (None, _) => None,
         };
@@ -671,20 +657,9 @@ impl Builder {
                 Some(embedder)
             }
             (None, Some(model)) if self.load_configured_embedder => {
-                let folder = dir.join(model);
-                let embedder =
-                    ClipEmbedder::lazy(&folder, WeightPrecision::F32).map_err(|source| {
-                        ModelError::Clip {
-                            model: folder.display().to_string(),
-                            source,
-                        }
-                    })?;
-                stale = match stored {
-                    Some(s) if s != embedder.id() => Some(s),
-                    None if pair_count > 0 => Some("no embedder".to_string()),
-                    _ => None,
-                };
-                Some(Arc::new(embedder) as Arc<dyn Embedder>)
+                let (embedder, why) = configured_embedder(&dir.join(model), stored, pair_count)?;
+                stale = why;
+                Some(embedder)
             }
             (None, _) => None,
         };
@@ -1900,6 +1875,28 @@ fn embed_batch(
         .into_iter()
         .map(|slot| slot.unwrap_or_else(|| embedded.pop().expect("one record per slot")))
         .collect()
+}
+
+/// The KB's configured CLIP model (`embedder_model` in kb.toml), loaded lazily, and why the
+/// stored vectors are stale, if they are: a model changed under a KB leaves it searchable by
+/// BM25, while CLIP search waits for `reembed`, so two models' vectors are never ranked together.
+fn configured_embedder(
+    folder: &Path,
+    stored: Option<String>,
+    pair_count: u64,
+) -> Result<(Arc<dyn Embedder>, Option<String>)> {
+    let embedder =
+        ClipEmbedder::lazy(folder, WeightPrecision::F32).map_err(|source| ModelError::Clip {
+            model: folder.display().to_string(),
+            source,
+        })?;
+    let stale = match stored {
+        Some(s) if s != embedder.id() => Some(s),
+        // Pairs added before any embedder have no vectors at all.
+        None if pair_count > 0 => Some("no embedder".to_string()),
+        _ => None,
+    };
+    Ok((Arc::new(embedder), stale))
 }
 
 #[cfg(test)]

@@ -6,30 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{image_bytes, write};
+use common::{image_bytes, ok, write};
 use image::ImageFormat;
-
-fn reimagen(kb: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reimagen"))
-        .arg("--kb")
-        .arg(kb)
-        .args(args)
-        .env_remove("REIMAGEN_KB")
-        .output()
-        .unwrap()
-}
-
-fn ok(kb: &Path, args: &[&str]) -> String {
-    let out = reimagen(kb, args);
-    assert!(
-        out.status.success(),
-        "reimagen {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A KB of `n` small pairs under `root`.
 fn kb_of(root: &Path, n: u32) -> std::path::PathBuf {

@@ -14,32 +14,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{image_bytes, write};
+use common::{image_bytes, ok, reimagen, write};
 use image::ImageFormat;
 use reimagen::{KnowledgeBase, Query};
-
-fn reimagen(kb: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reimagen"))
-        .arg("--kb")
-        .arg(kb)
-        .args(args)
-        .env_remove("REIMAGEN_KB")
-        .output()
-        .unwrap()
-}
-
-fn ok(kb: &Path, args: &[&str]) -> String {
-    let out = reimagen(kb, args);
-    assert!(
-        out.status.success(),
-        "reimagen {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn daemon(kb: &Path, photos: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_reimagen"))
