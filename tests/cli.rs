@@ -42,7 +42,7 @@ fn a_session_from_init_to_backup() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("reimagen init"));
 
-    assert!(ok(&kb, &["init"]).contains("Created"));
+    assert!(ok(&kb, &["init", "--no-models"]).contains("Created"));
     let import = json(&kb, &["import", photos.to_str().unwrap(), "--json"]);
     assert_eq!(import["added"], 3);
     assert_eq!(import["failed"].as_array().unwrap().len(), 0);
@@ -114,7 +114,7 @@ fn a_session_from_init_to_backup() {
 fn bad_files_fail_with_a_non_zero_exit_and_leave_the_kb_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let kb = dir.path().join("kb");
-    ok(&kb, &["init"]);
+    ok(&kb, &["init", "--no-models"]);
     let good = write(
         dir.path(),
         "in/good.png",

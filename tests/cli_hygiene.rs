@@ -22,7 +22,7 @@ fn kb_of(root: &Path, n: u32) -> std::path::PathBuf {
             &image_bytes([(i * 7) as u8, 90, 200], i, 24, 16, ImageFormat::Png),
         );
     }
-    ok(&kb, &["init"]);
+    ok(&kb, &["init", "--no-models"]);
     ok(&kb, &["import", photos.to_str().unwrap()]);
     kb
 }

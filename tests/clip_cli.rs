@@ -162,3 +162,52 @@ fn init_with_a_folder_that_is_no_model_fails_naming_the_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("config.json"), "{stderr}");
 }
+
+/// `init` with no flags records the checkout's shipped models (`models/clip`, and
+/// `models/reimagen` once it is shipped), so CLIP search works on a fresh KB; `--no-models`
+/// records none.
+#[test]
+fn init_with_no_flags_uses_the_shipped_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, photos) = setup(dir.path());
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kb = dir.path().join("kb");
+    let said = CPU.ok(&kb, &["init"]);
+    let config = reimagen::KbConfig::read(&kb).unwrap().unwrap();
+    let clip = repo.join("models/clip").canonicalize().unwrap();
+    assert_eq!(
+        config.embedder_model.as_deref(),
+        Some(clip.as_path()),
+        "{said}"
+    );
+    let generator = repo.join("models/reimagen");
+    if generator.join("cascade.json").is_file() {
+        let generator = generator.canonicalize().unwrap();
+        assert_eq!(config.generator_model.as_deref(), Some(generator.as_path()));
+    } else {
+        assert_eq!(config.generator_model, None);
+        assert!(said.contains("generator: none"), "{said}");
+    }
+
+    let report = CPU.json(&kb, &["import", photos.to_str().unwrap(), "--json"]);
+    assert_eq!(report["added"], 3, "{report}");
+    let hits = CPU.json(
+        &kb,
+        &["search", "--mode", "clip", "-k", "3", "--json", "a cat"],
+    );
+    assert_eq!(hits.as_array().unwrap().len(), 3, "{hits}");
+    let image = photos.join("things/0.png");
+    let similar = CPU.json(
+        &kb,
+        &["similar", image.to_str().unwrap(), "-k", "1", "--json"],
+    );
+    assert_eq!(similar[0]["caption"], "a photo of a cat", "{similar}");
+
+    let bare = dir.path().join("bare");
+    CPU.ok(&bare, &["init", "--no-models"]);
+    let config = reimagen::KbConfig::read(&bare).unwrap().unwrap();
+    assert_eq!(
+        (config.embedder_model, config.generator_model),
+        (None, None)
+    );
+}

@@ -24,7 +24,7 @@ fn kb_with_squares(dir: &Path) -> std::path::PathBuf {
             format!("a {colour} square, number {seed}").as_bytes(),
         );
     }
-    ok(&kb, &["init"]);
+    ok(&kb, &["init", "--no-models"]);
     ok(&kb, &["import", photos.to_str().unwrap()]);
     kb
 }

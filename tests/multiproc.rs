@@ -80,7 +80,7 @@ fn readers_beside_the_daemon_see_its_writes_and_survive_its_kill() {
     let kb_dir = dir.path().join("kb");
     let photos = dir.path().join("photos");
     std::fs::create_dir_all(photos.join("stream")).unwrap();
-    ok(&kb_dir, &["init"]);
+    ok(&kb_dir, &["init", "--no-models"]);
     let mut child = daemon(&kb_dir, &photos);
     assert!(
         wait_until(Duration::from_secs(20), || KnowledgeBase::is_locked(

@@ -10,7 +10,7 @@ use common::{colour_png, fails, json, ok, reimagen, write};
 /// A KB of three pairs: two of entity "Café Ölberg" (one spelt in capitals), one of "dogs".
 fn three_pairs(root: &Path) -> (std::path::PathBuf, Vec<String>) {
     let kb = root.join("kb");
-    ok(&kb, &["init"]);
+    ok(&kb, &["init", "--no-models"]);
     let mut ids = Vec::new();
     for (i, (caption, entity)) in [
         ("a terrace in the sun", "Café Ölberg"),
@@ -144,7 +144,7 @@ fn export_and_import_move_a_kb_without_losing_text() {
 
     // Into a new KB: every pair with its caption, entity and tags.
     let other = root.path().join("other");
-    ok(&other, &["init"]);
+    ok(&other, &["init", "--no-models"]);
     let report = json(
         &other,
         &["import", "--jsonl", file.to_str().unwrap(), "--json"],
@@ -197,7 +197,7 @@ fn import_reports_bad_lines_and_missing_images() {
     text.push_str("{\"id\":\"xyz\",\"caption\":\"c\"}\n");
     std::fs::write(&file, text).unwrap();
     let other = root.path().join("other");
-    ok(&other, &["init"]);
+    ok(&other, &["init", "--no-models"]);
     let out = reimagen(
         &other,
         &["import", "--jsonl", file.to_str().unwrap(), "--json"],

@@ -63,7 +63,13 @@ fn sigterm_during_first_ingest_stops_after_the_batch_and_exits_0() {
     let tmp = tempfile::tempdir().unwrap();
     let root = make_folder(&tmp.path().join("photos"));
     let kb_dir = tmp.path().join("kb");
-    assert!(reimagen(&kb_dir).arg("init").status().unwrap().success());
+    assert!(
+        reimagen(&kb_dir)
+            .args(["init", "--no-models"])
+            .status()
+            .unwrap()
+            .success()
+    );
     let data = kb_dir.join("store/data.mdb");
     let size = || std::fs::metadata(&data).map_or(0, |m| m.len());
     let initial = size();
@@ -97,7 +103,13 @@ fn kill_9_during_first_ingest_then_restart_converges() {
     let tmp = tempfile::tempdir().unwrap();
     let root = make_folder(&tmp.path().join("photos"));
     let kb_dir = tmp.path().join("kb");
-    assert!(reimagen(&kb_dir).arg("init").status().unwrap().success());
+    assert!(
+        reimagen(&kb_dir)
+            .args(["init", "--no-models"])
+            .status()
+            .unwrap()
+            .success()
+    );
     let data = kb_dir.join("store/data.mdb");
     let size = || std::fs::metadata(&data).map_or(0, |m| m.len());
     let initial = size();

@@ -48,13 +48,17 @@ enum Command {
         language: Option<reimagen::TextLanguage>,
         /// A CLIP model folder (transformers' layout: config.json, model.safetensors,
         /// tokenizer.json, preprocessor_config.json) to embed images and captions with; recorded
-        /// in kb.toml.
+        /// in kb.toml [default: the shipped models/clip].
         #[arg(long, value_name = "DIR")]
         embedder: Option<PathBuf>,
         /// A generator model folder (cascade.json and its stages, docs/generator.md §2) for
-        /// `generate`; recorded in kb.toml.
+        /// `generate`; recorded in kb.toml [default: the shipped models/reimagen].
         #[arg(long, value_name = "DIR")]
         generator: Option<PathBuf>,
+        /// Record no default model: a bare KB (BM25 only, no embeddings, no generator) unless
+        /// --embedder / --generator name one.
+        #[arg(long)]
+        no_models: bool,
     },
     /// Generate images for a prompt, conditioned on neighbours retrieved from the KB (or given
     /// by id); writes the PNG and a provenance JSON (FILE.json) next to it.
@@ -697,9 +701,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         language,
         embedder,
         generator,
+        no_models,
     } = cli.command
     {
         let existed = dir.join("kb.toml").exists();
+        // A new KB gets the shipped models unless told otherwise; an existing one keeps its own.
+        let defaults = !no_models && !existed;
+        let embedder =
+            embedder.or_else(|| defaults.then(|| shipped_model("models/clip")).flatten());
+        let generator =
+            generator.or_else(|| defaults.then(|| shipped_model("models/reimagen")).flatten());
         let mut builder = KnowledgeBase::builder(&dir)
             .create(true)
             .progress(rebuild_progress());
@@ -729,6 +740,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
             kb.path().display()
         );
+        let config = kb.config();
+        for (what, model) in [
+            ("CLIP embedder", &config.embedder_model),
+            ("generator", &config.generator_model),
+        ] {
+            match model {
+                Some(model) => out!("  {what}: {}", model.display()),
+                None => out!("  {what}: none"),
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Generate(args) = cli.command {
@@ -1911,6 +1932,17 @@ fn shipped(relative: &str) -> PathBuf {
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
     }
+}
+
+/// A shipped model folder (`models/clip`, `models/reimagen`) when this checkout has it.
+fn shipped_model(relative: &str) -> Option<PathBuf> {
+    let folder = shipped(relative);
+    let marker = if relative.ends_with("clip") {
+        "config.json"
+    } else {
+        "cascade.json"
+    };
+    folder.join(marker).is_file().then_some(folder)
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
