@@ -66,6 +66,7 @@ TRAIN_DEFAULTS = {
     "checkpoint_every_s": 600,
     "image_key": "64",        # which manifest `files` entry holds the target image
     "low_res_key": None,      # and the low-res one (SR stages); None: box-downsample the target
+    "crop": 0,                # SR stages: train on random crops of this size (0: whole images)
     "threads": 2,
 }
 
@@ -184,12 +185,36 @@ class EmojiData:
 # Model step
 
 
+def crop_batch(b: dict, cfg: UNetConfig, size: int, gen: torch.Generator | None = None) -> dict:
+    """Crop training for a super-resolution stage (its convolutions do not care about the image
+    size): the target and the neighbours are cut to `size`×`size` at random offsets (one per
+    batch, from `gen`; the centre without one), and the low-res image is kept whole — model_loss
+    noise-augments it at its own size, upsamples it to the stage's size as inference does, then
+    cuts the target's window (`low_window`). A 64×64 crop of a 256×256 stage costs 1/16 of a
+    whole image."""
+    s = cfg.sample_size
+
+    def offset():
+        if gen is None:
+            return (s - size) // 2, (s - size) // 2
+        return tuple(int(v) for v in torch.randint(s - size + 1, (2,), generator=gen))
+
+    out = dict(b)
+    oy, ox = offset()
+    out["x0"] = b["x0"][..., oy:oy + size, ox:ox + size]
+    out["low_window"] = (oy, ox, size)
+    ny, nx = offset()
+    out["nbr_images"] = b["nbr_images"][..., ny:ny + size, nx:nx + size]
+    return out
+
+
 def model_loss(model, sched: Schedule, b: dict, t, noise, aug=None, aug_noise=None,
                nbr_grad: bool = True):
     """The diffusion loss of one batch (t, noise and the SR augmentation given, so validation can
     fix them). With `nbr_grad` false the neighbour pass runs without autograd: the shared DStack
     then learns only from the noisy image's path and the neighbour attention learns to read its
-    t = 0 features (about a fifth less compute per step; `neighbour_backprop` in the config)."""
+    t = 0 features (about a fifth less compute per step; `neighbour_backprop` in the config).
+    A batch from crop_batch carries `low_window`: the low-res image's upsampled crop is used."""
     cfg = model.cfg
     n, k = b["nbr_weights"].shape
     with torch.set_grad_enabled(nbr_grad and torch.is_grad_enabled()):
@@ -201,8 +226,14 @@ def model_loss(model, sched: Schedule, b: dict, t, noise, aug=None, aug_noise=No
         low = b["low"]
         if aug is not None:  # a = 0 means no augmentation (docs/generator.md §6)
             low = torch.where((aug > 0).view(-1, 1, 1, 1), sched.add_noise(low, aug_noise, aug), low)
+    window = b.get("low_window")
+    if low is not None and window is not None:
+        oy, ox, size = window
+        s = cfg.sample_size
+        low = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)
+        low = low[..., oy:oy + size, ox:ox + size]
     out = model(x_t, t.float(), b["text"], b["text_valid"], feats, b["nbr_weights"], low_res=low,
-                aug=None if aug is None else aug.float())
+                aug=None if aug is None else aug.float(), low_res_upsampled=window is not None)
     return F.mse_loss(out.float(), sched.target(b["x0"], noise, t), reduction="none").mean((1, 2, 3))
 
 
@@ -214,10 +245,13 @@ class Validation:
     """A fixed validation batch with fixed timesteps and noise: losses are comparable across
     evaluations and the with/without-neighbours difference is paired."""
 
-    def __init__(self, data: EmojiData, sched: Schedule, cfg: UNetConfig, seed: int = 1234):
+    def __init__(self, data: EmojiData, sched: Schedule, cfg: UNetConfig, seed: int = 1234,
+                 crop: int = 0):
         g = torch.Generator().manual_seed(seed)
         rows = torch.tensor([data.index[i] for i in data.val_ids], dtype=torch.long)
         self.batch = data.batch(rows)
+        if crop:  # the centre crop, so evaluations stay comparable
+            self.batch = crop_batch(self.batch, cfg, crop)
         n = len(rows)
         # Stratified timesteps so every noise level is represented.
         self.t = ((torch.arange(n) + torch.rand(n, generator=g)) * sched.T / max(n, 1)).long()
@@ -355,7 +389,14 @@ def train(args) -> None:
         random.seed(args.seed)
     log(f"model: {count_parameters(model) / 1e6:.2f}M parameters, {cfg.sample_size}×{cfg.sample_size}"
         f"{' from ' + str(cfg.low_res_size) if cfg.is_super_resolution else ''}")
-    val = Validation(data, sched, cfg)
+    crop = tr["crop"]
+    if crop and not cfg.is_super_resolution:
+        raise SystemExit(f"{args.config}: crop training is for super-resolution stages only")
+    if crop and (crop > cfg.sample_size or crop % (2 ** (len(cfg.block_channels) - 1))):
+        raise SystemExit(f"{args.config}: crop {crop} must be ≤ sample_size and divisible by "
+                         f"2^(levels-1)")
+    crop_gen = torch.Generator().manual_seed(args.seed + state["step"])
+    val = Validation(data, sched, cfg, crop=crop)
     bs = tr["batch_size"]
     n_train = len(data.train_ids)
     train_rows = torch.tensor([data.index[i] for i in data.train_ids], dtype=torch.long)
@@ -389,6 +430,8 @@ def train(args) -> None:
     while state["samples"] < limit_samples and time.time() - start < limit_s:
         rows = train_rows[torch.randint(n_train, (bs,))]
         b = data.batch(rows)
+        if crop:
+            b = crop_batch(b, cfg, crop, crop_gen)
         drop_text = torch.rand(bs) < tr["p_drop_text"]
         b["text_valid"][drop_text] = 0.0
         drop_nbr = torch.rand(bs) < tr["p_drop_neighbours"]
@@ -504,6 +547,7 @@ def bench(args) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     bs, k, s, L = tr["batch_size"], tr["neighbours"], cfg.sample_size, cfg.text_max_length
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    crop_gen = torch.Generator().manual_seed(0)
 
     def step():
         b = {"x0": torch.rand(bs, 3, s, s, device=device) * 2 - 1,
@@ -515,6 +559,8 @@ def bench(args) -> None:
              "nbr_weights": torch.ones(bs, k, device=device),
              "low": (torch.rand(bs, 3, cfg.low_res_size, cfg.low_res_size, device=device) * 2 - 1
                      if cfg.is_super_resolution else None)}
+        if tr["crop"]:
+            b = crop_batch(b, cfg, tr["crop"], crop_gen)
         t = torch.randint(sched.T, (bs,), device=device)
         aug = torch.randint(max(cfg.noise_aug_max, 1), (bs,), device=device) \
             if cfg.is_super_resolution else None

@@ -353,9 +353,11 @@ class ReImagenUNet(nn.Module):
         bias[:, 1:] = torch.where(text_valid > 0, 0.0, float("-inf"))
         return ctx, bias
 
-    def input_image(self, x, low_res):
+    def input_image(self, x, low_res, low_res_upsampled=False):
         if not self.cfg.is_super_resolution:
             return x
+        if low_res_upsampled:  # a crop of the upsampled low-res image (crop training)
+            return torch.cat([x, low_res], dim=1)
         s = self.cfg.sample_size
         up = F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)
         return torch.cat([x, up], dim=1)
@@ -435,15 +437,18 @@ class ReImagenUNet(nn.Module):
             out[key] = (tokens, bias)
         return out
 
-    def forward(self, x_t, t, text, text_valid, nbr_feats, nbr_weights, low_res=None, aug=None):
+    def forward(self, x_t, t, text, text_valid, nbr_feats, nbr_weights, low_res=None, aug=None,
+                low_res_upsampled=False):
         """One UNet call. x_t [B, 3, S, S]; t [B] (float timesteps); text [B, L, text_dim],
         text_valid [B, L] (all 0 = text dropped); nbr_feats {key: [B, K, C, h, w]} from
         encode_neighbours; nbr_weights [B, K] (all 0 = neighbours dropped); for a
         super-resolution stage low_res [B, 3, r, r] (already noise-augmented) and aug [B] (its
-        augmentation timestep). Returns ε or v [B, 3, S, S] per prediction_type."""
+        augmentation timestep); with low_res_upsampled, low_res is already upsampled to x_t's size
+        (a crop of the upsampled image, for crop training). Returns ε or v [B, 3, S, S] per
+        prediction_type."""
         emb = self.embed_time(t, aug)
         ctx, text_bias = self.text_context(text, text_valid)
-        h = self.conv_in(self.input_image(x_t, low_res))
+        h = self.conv_in(self.input_image(x_t, low_res, low_res_upsampled))
         nbr = self.neighbour_tokens(nbr_feats, nbr_weights)
         h, skips, _ = self.dstack(h, emb, ctx, text_bias, nbr=nbr)
         return self.ustack(h, skips, emb, ctx, text_bias)
