@@ -1,0 +1,182 @@
+"""Assembles the shipped generator (models/reimagen) from training runs: each stage's EMA weights
+exported as a stage folder (f16, shards ≤ 15 MB), cascade.json listing them lowest resolution
+first, each run's loss curve and sample sheet, and a model card (README.md) written from the runs'
+own records: the data, the held-out rule, each stage's training (steps, samples, hours, device)
+and its last validation losses with and without neighbours (the neighbour gap).
+
+    python training/ship_generator.py --data ~/.local/share/reimagen/emoji \
+        --stage base=runs/base32 --stage sr64=runs/sr32to64 --stage sr256=runs/sr64to256 \
+        --out models/reimagen --clip-rel ../../clip
+
+Every stage names the CLIP text tower by `--clip-rel` (relative to the stage folder): the
+shipped models/clip is ../../clip from models/reimagen/<stage>. A stage whose run has no
+evaluation, or whose low-res size does not match the stage below, stops the script.
+
+Not here: training (train_reimagen.py), the export format (reimagen/export.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import pathlib
+import shutil
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from reimagen.export import write_cascade  # noqa: E402
+from reimagen.model import ReImagenUNet, UNetConfig, count_parameters  # noqa: E402
+from train_reimagen import export, read_jsonl  # noqa: E402
+
+
+def stage_record(name: str, run: pathlib.Path) -> dict:
+    saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = UNetConfig.from_dict(saved["config"])
+    state = saved["state"]
+    if not state["evals"]:
+        raise SystemExit(f"{run}: the run has no evaluation; train it longer before shipping")
+    return {
+        "name": name, "run": run, "cfg": cfg, "train": saved["train"], "state": state,
+        "params": count_parameters(ReImagenUNet(cfg)),
+    }
+
+
+def data_summary(data: pathlib.Path) -> dict:
+    manifest = read_jsonl(data / "manifest.jsonl")
+    split = collections.Counter(m["split"] for m in manifest)
+    entities = collections.defaultdict(set)
+    for m in manifest:
+        entities[m["split"]].add(m["entity"])
+    styles = sorted({m["style"] for m in manifest})
+    return {"renditions": split, "entities": {k: len(v) for k, v in entities.items()},
+            "styles": styles}
+
+
+def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str) -> str:
+    when = datetime.date.today().isoformat()
+    lines = [
+        "# reimagen generator (small, CPU-trained, on multi-style emoji)",
+        "",
+        "The project's own Re-Imagen cascade (docs/generator.md): "
+        + " → ".join(f"{s['cfg'].sample_size}×{s['cfg'].sample_size}" for s in stages)
+        + ". Each stage is a retrieval-conditioned UNet: the noisy image cross-attends to the "
+        "K retrieved neighbours' feature maps (computed by the same downsampling stack at t = 0) "
+        "and to the caption's CLIP text states. The text encoder is the shipped CLIP "
+        f"(`{clip_rel}` from each stage folder, models/clip). Loaded by `reimagen generate`, "
+        "`reimagen demo` and `reimagen init` (the default generator of a new KB).",
+        "",
+        "## Stages",
+        "",
+        "| stage | size | from | channels | attention levels | neighbour levels | prediction | parameters |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in stages:
+        c = s["cfg"]
+        lines.append(
+            f"| `{s['name']}` | {c.sample_size}×{c.sample_size} | "
+            f"{f'{c.low_res_size}×{c.low_res_size}' if c.is_super_resolution else 'noise'} | "
+            f"{list(c.block_channels)} | {list(c.attention_levels)} | {list(c.neighbour_levels)} | "
+            f"{c.prediction_type} | {s['params'] / 1e6:.2f} M |")
+    r, e = data["renditions"], data["entities"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"The emoji dataset of `reimagen dataset build` (docs/dataset.md): {e.get('train', 0)} "
+        f"training entities with {r.get('train', 0)} renditions in the styles "
+        f"{', '.join(data['styles'])}; {e.get('heldout', 0)} held-out entities with "
+        f"{r.get('heldout', 0)} renditions. Each training example is conditioned on its top-2 "
+        "neighbours by BM25 from the training KB (excluding itself and, for half of the "
+        "examples, its own style). Text and neighbours are each dropped with p = 0.1.",
+        "",
+        "**Held-out rule** (design.md §6): an entity whose `blake3(name as UTF-8)` first byte is "
+        "< 26 is never trained on — not its images, not its captions — so `reimagen bench "
+        "entities` measures what retrieval brings to entities the model never saw.",
+        "",
+        "## Training runs",
+        "",
+        "| stage | steps | samples | batch | hours | val loss with neighbours | without | neighbour gap |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in stages:
+        st, ev = s["state"], s["state"]["evals"][-1]
+        lines.append(
+            f"| `{s['name']}` | {st['step']:,} | {st['samples']:,} | {s['train']['batch_size']} | "
+            f"{st['elapsed'] / 3600:.2f} | {ev['with']:.4f} | {ev['without']:.4f} | "
+            f"{ev['gap']:+.5f} |")
+    lines += [
+        "",
+        f"Trained on {trained_on} by `training/train_reimagen.py`; docs/training.md has the "
+        "configs, the commands and the throughput. The **neighbour gap** is the validation loss with the neighbours' "
+        "weights set to 0 minus the loss with them, on a fixed set of held-back renditions of "
+        "training entities (same timesteps and noise each time): above zero means the model "
+        "uses what it retrieves. Each stage folder holds `loss.png` (train loss, validation "
+        "with and without neighbours, the gap) and `samples.png` (target, its two neighbours, a "
+        "sample with them, a sample without).",
+        "",
+        "Gap per evaluation:",
+        "",
+    ]
+    for s in stages:
+        gaps = ", ".join(f"{e['samples'] // 1000}k: {e['gap']:+.4f}" for e in s["state"]["evals"])
+        lines.append(f"- `{s['name']}`: {gaps}")
+    lines += [
+        "",
+        "## License",
+        "",
+        "The weights are the project's, under the project's license. They were trained on "
+        "renderings of the emoji sets listed with their licenses and attribution in "
+        "`LICENSES/README.md`.",
+        "",
+        f"Assembled {when} by `training/ship_generator.py`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stage", action="append", required=True, metavar="NAME=RUN",
+                    help="a stage name and its run folder, lowest resolution first")
+    ap.add_argument("--out", required=True, type=pathlib.Path)
+    ap.add_argument("--data", required=True, type=pathlib.Path, help="the emoji dataset")
+    ap.add_argument("--clip-rel", default="../../clip")
+    ap.add_argument("--trained-on", default="the CPU (2 threads, PyTorch, f32)",
+                    help="the hardware line of the model card")
+    args = ap.parse_args()
+
+    stages = []
+    for spec in args.stage:
+        name, _, run = spec.partition("=")
+        if not name or not run:
+            raise SystemExit(f"--stage {spec!r}: expected NAME=RUN_FOLDER")
+        stages.append(stage_record(name, pathlib.Path(run)))
+    for lower, upper in zip(stages, stages[1:]):
+        if upper["cfg"].low_res_size != lower["cfg"].sample_size:
+            raise SystemExit(f"stage {upper['name']} upsamples from {upper['cfg'].low_res_size}, "
+                             f"but {lower['name']} makes {lower['cfg'].sample_size}")
+    if stages[0]["cfg"].is_super_resolution:
+        raise SystemExit(f"the first stage ({stages[0]['name']}) must be a base stage")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for s in stages:
+        folder = args.out / s["name"]
+        if folder.exists():
+            shutil.rmtree(folder)
+        export(s["run"], folder, args.clip_rel)
+        for png in ("loss.png", "samples.png"):
+            if (s["run"] / png).exists():
+                shutil.copy(s["run"] / png, folder / png)
+    write_cascade(args.out, [{"name": s["name"], "path": s["name"],
+                              "resolution": s["cfg"].sample_size} for s in stages])
+    (args.out / "README.md").write_text(card(stages, data_summary(args.data), args.clip_rel,
+                                               args.trained_on))
+    print(f"shipped {len(stages)} stage(s) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
