@@ -128,9 +128,10 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str) -> str:
         "",
         "## License",
         "",
-        "The weights are the project's, under the project's license. They were trained on "
-        "renderings of the emoji sets listed with their licenses and attribution in "
-        "`LICENSES/README.md`.",
+        "The weights are derived from the renderings of the emoji art sets of the dataset; "
+        "their licenses apply, as for the shipped CLIP (models/clip/README.md has the "
+        "renditions per style and license; `LICENSES/` at the repository root holds the "
+        "attribution and how share-alike is treated).",
         "",
         f"Assembled {when} by `training/ship_generator.py`.",
         "",
