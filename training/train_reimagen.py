@@ -18,7 +18,8 @@ What a run does, the paper's way (design.md §2, §6; issue 10 §3):
 - AdamW, EMA of the weights, optional bf16 autocast, gradient clipping;
 - every `eval_every` samples: the validation loss with and without neighbours (the same
   timesteps and noise every time) and the **neighbour gap** = without − with;
-- checkpoints (atomic) every `checkpoint_every_s` seconds and at the end: resumable;
+- checkpoints (atomic) every `checkpoint_every_s` seconds and at the end: resumable; SIGTERM or
+  Ctrl-C ends the run after the current step, as reaching its limit does;
 - a loss-curve PNG and a JSONL log in the run folder; export of the EMA weights through
   reimagen.export (f16 shards ≤ 15 MB).
 
@@ -35,6 +36,7 @@ import json
 import os
 import pathlib
 import random
+import signal
 import sys
 import time
 
@@ -427,7 +429,12 @@ def train(args) -> None:
     next_eval = (state["samples"] // tr["eval_every_samples"] + 1) * tr["eval_every_samples"]
     loss_ema = state["history"][-1]["loss_ema"] if state["history"] else None
     model.train()
-    while state["samples"] < limit_samples and time.time() - start < limit_s:
+    # SIGTERM / SIGINT end the run after the current step, with the same evaluation, checkpoint,
+    # sheet and export as a run that reached its limit.
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
+    while state["samples"] < limit_samples and time.time() - start < limit_s and not stop:
         rows = train_rows[torch.randint(n_train, (bs,))]
         b = data.batch(rows)
         if crop:
@@ -476,6 +483,8 @@ def train(args) -> None:
         if time.time() - last_ckpt > tr["checkpoint_every_s"]:
             checkpoint()
             last_ckpt = time.time()
+    if stop:
+        log(f"stopping on signal {stop[0]} at step {state['step']}")
     if not state["evals"] or state["evals"][-1]["samples"] != state["samples"]:
         evaluate()
     checkpoint()
