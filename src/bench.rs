@@ -11,6 +11,7 @@
 //! (`bench/clip.rs`, `reimagen bench clip`).
 
 pub mod clip;
+pub mod generate;
 pub mod relevance;
 
 use std::collections::HashMap;

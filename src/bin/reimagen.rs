@@ -538,6 +538,48 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The generator's speed: UNet steps/s per stage (every guidance branch, K neighbours,
+    /// warm cache), neighbour encoding, seconds per image for the cascade and peak memory, per
+    /// device, beside the PyTorch reference on the same weights (`--torch`).
+    Generate {
+        /// A cascade folder [default: the shipped CPU cascade's configs with random weights].
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// The CLIP folder the random cascade's stages use.
+        #[arg(long, value_name = "DIR", default_value = reimagen::bench::clip::SHIPPED)]
+        clip: PathBuf,
+        /// Devices, comma-separated: cpu, gpu, auto [default: cpu and the best adapter found].
+        #[arg(long)]
+        device: Option<String>,
+        /// Stages to time, by name, comma-separated [default: all].
+        #[arg(long, value_delimiter = ',')]
+        stages: Vec<String>,
+        /// Steps per stage of the cascade (seconds per image).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Images per generation (a step's UNet call has 2 × batch rows).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Neighbours per generation.
+        #[arg(long, default_value_t = 2)]
+        k: usize,
+        /// Timed steps per stage on the CPU backend (and PyTorch).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Timed steps per stage on a wgpu adapter (capped by --runs).
+        #[arg(long, default_value_t = 2)]
+        gpu_runs: usize,
+        /// Leave out the cascade (seconds per image).
+        #[arg(long)]
+        no_cascade: bool,
+        /// A Python with PyTorch and the training requirements, to run
+        /// training/bench_generate.py on the same weights as a baseline.
+        #[arg(long)]
+        torch: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tensor kernels: GFLOP/s of matmul, conv2d and attention, and copy bandwidth, per device.
     Kernels {
         /// Devices, comma-separated: cpu, gpu, auto [default: cpu and the best adapter found].
@@ -1288,6 +1330,43 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             let bar = spinner("benchmarking CLIP");
             let report = clip::run_clip(dir.path(), &opts, &|m| bar.set_message(m.to_string()));
             bar.finish_and_clear();
+            print_report(&report?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Generate {
+            model,
+            clip,
+            device,
+            stages,
+            steps,
+            batch,
+            k,
+            runs,
+            gpu_runs,
+            no_cascade,
+            torch,
+            json,
+        } => {
+            use reimagen::bench::generate::{self, GenerateBenchOptions};
+            let mut opts = GenerateBenchOptions {
+                model,
+                clip,
+                stages,
+                steps,
+                batch,
+                k,
+                runs,
+                gpu_runs,
+                cascade: !no_cascade,
+                torch_python: torch,
+                ..GenerateBenchOptions::default()
+            };
+            if let Some(list) = device {
+                opts.devices = reimagen::tensor::bench::parse_devices(&list)?;
+            }
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            // Progress goes to stderr line by line: a run takes minutes and is often logged.
+            let report = generate::run_generate(dir.path(), &opts, &|m| eprintln!("{m}"));
             print_report(&report?, json)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1,5 +1,6 @@
-//! CPU attention: for each (batch, head, block of 64 queries), scores = q·kᵀ by GEMM, softmax,
-//! then · v by GEMM. Heads are read in place from `[B, L, H·D]` through the GEMM's strides (no
+//! CPU attention: for each (batch, head, block of 64 queries), scores = q·kᵀ/√d by GEMM (the
+//! scale applied by the GEMM), the mask where there is one, the unnormalised softmax, then · v by
+//! GEMM and each output row scaled by 1 / its sum (`dv` multiplies a row instead of `Lk`). Heads are read in place from `[B, L, H·D]` through the GEMM's strides (no
 //! permute copies), and only a 64 × Lk block of scores exists at a time, never Lq × Lk. Blocks
 //! run in parallel with rayon, each GEMM on one thread. Scores are clamped at -1e30 as in
 //! `shaders/attention.wgsl`.
@@ -10,7 +11,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::matmul::{Strided, gemm_strided};
-use super::softmax::softmax_row;
+use super::softmax::exp_row;
 use crate::tensor::plan::{AttentionMask, AttentionPlan};
 
 const QUERY_BLOCK: usize = 64;
@@ -55,24 +56,29 @@ pub(crate) fn attention(
                     col: 1,
                 };
                 let none = Parallelism::None;
-                gemm_strided(scores, lk, queries, keys_t, [rows, lk, d], none);
+                gemm_strided(scores, lk, queries, keys_t, [rows, lk, d], p.scale, none);
+                let mut inv_sums = [0.0f32; QUERY_BLOCK];
                 for (r, row) in scores.chunks_mut(lk).enumerate() {
                     let i = i0 + r;
                     let mask_row = mask.map(|m| &m[b * mask_batch + i * mask_row..][..lk]);
-                    for (j, s) in row.iter_mut().enumerate() {
-                        let mut val = *s * p.scale;
-                        match (p.mask, mask_row) {
-                            (AttentionMask::Additive { .. }, Some(m)) => val += m[j],
-                            (AttentionMask::KeepKeys, Some(m)) if m[j] == 0.0 => val = FLOOR,
-                            _ => {}
+                    match (p.mask, mask_row) {
+                        (AttentionMask::Additive { .. }, Some(m)) => {
+                            for (s, &m) in row.iter_mut().zip(m) {
+                                *s = (*s + m).max(FLOOR);
+                            }
                         }
-                        val = val.max(FLOOR);
-                        if p.causal && j > i {
-                            val = FLOOR;
+                        (AttentionMask::KeepKeys, Some(m)) => {
+                            for (s, &m) in row.iter_mut().zip(m) {
+                                *s = if m == 0.0 { FLOOR } else { s.max(FLOOR) };
+                            }
                         }
-                        *s = val;
+                        // Scores of finite q and k are finite: nothing to floor.
+                        _ => {}
                     }
-                    softmax_row(row);
+                    if p.causal && i + 1 < lk {
+                        row[i + 1..].fill(FLOOR);
+                    }
+                    inv_sums[r] = exp_row(row);
                 }
                 let mut block = vec![0.0f32; rows * dv];
                 let weights = Strided {
@@ -80,7 +86,10 @@ pub(crate) fn attention(
                     row: lk,
                     col: 1,
                 };
-                gemm_strided(&mut block, dv, weights, values, [rows, dv, lk], none);
+                gemm_strided(&mut block, dv, weights, values, [rows, dv, lk], 1.0, none);
+                for (out, &inv) in block.chunks_exact_mut(dv.max(1)).zip(&inv_sums) {
+                    out.iter_mut().for_each(|v| *v *= inv);
+                }
                 block
             },
         )

@@ -70,14 +70,16 @@ impl Strided<'_> {
     }
 }
 
-/// `dst (m×n, row stride dst_row) = a (m×k) · b (k×n)`, both read through their strides (the
-/// attention heads of `[B, L, H·D]`, read in place).
+/// `dst (m×n, row stride dst_row) = scale · a (m×k) · b (k×n)`, both read through their
+/// strides (the attention heads of `[B, L, H·D]`, read in place; the scale is the attention's
+/// 1/√d, applied by the GEMM instead of a pass over the scores).
 pub(crate) fn gemm_strided(
     dst: &mut [f32],
     dst_row: usize,
     a: Strided<'_>,
     b: Strided<'_>,
     [m, n, k]: [usize; 3],
+    scale: f32,
     parallelism: Parallelism,
 ) {
     if m == 0 || n == 0 {
@@ -103,7 +105,7 @@ pub(crate) fn gemm_strided(
             b.col as isize,
             b.row as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,

@@ -1,7 +1,11 @@
 //! CPU group norm (optionally fused with SiLU) and layer norm; mean first, then the variance of
-//! the deviations, as `shaders/norm.wgsl`. Parallel over groups or rows.
+//! the deviations, as `shaders/norm.wgsl`. Parallel over groups or rows. The SiLU's exponential
+//! is the vectorising [`exp_approx`] (libm's scalar `expf` made group_norm_silu a tenth of a
+//! UNet step), run 8-wide with AVX2 where the CPU has it.
 
 use rayon::prelude::*;
+
+use super::softmax::exp_approx;
 
 use crate::tensor::plan::GroupNormPlan;
 
@@ -12,8 +16,34 @@ fn mean_and_rstd(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (variance + eps).sqrt())
 }
 
-pub(crate) fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
+/// `dst = src · scale + shift`, through SiLU when `silu`: one channel of a group norm.
+fn normalize_channel(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, silu: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected on this CPU.
+        return unsafe { normalize_channel_avx2(dst, src, scale, shift, silu) };
+    }
+    normalize_channel_portable(dst, src, scale, shift, silu);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn normalize_channel_avx2(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, silu: bool) {
+    normalize_channel_portable(dst, src, scale, shift, silu);
+}
+
+#[inline(always)]
+fn normalize_channel_portable(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, silu: bool) {
+    if silu {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            let v = s * scale + shift;
+            *d = v / (1.0 + exp_approx(-v));
+        }
+    } else {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s * scale + shift;
+        }
+    }
 }
 
 pub(crate) fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], p: &GroupNormPlan) -> Vec<f32> {
@@ -36,10 +66,7 @@ pub(crate) fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], p: &GroupNormPl
             {
                 let ch = g * per_group + c;
                 let (scale, shift) = (rstd * gamma[ch], beta[ch] - mean * rstd * gamma[ch]);
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    let v = s * scale + shift;
-                    *d = if p.silu { silu(v) } else { v };
-                }
+                normalize_channel(dst, src, scale, shift, p.silu);
             }
         });
     out
