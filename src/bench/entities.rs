@@ -49,9 +49,12 @@ use metrics::{Interval, bootstrap, cosine, layout_similarity, silhouette_iou};
 
 /// The image size of the dataset the benchmark reads (targets, KB, calibration).
 pub const DATASET_SIZE: &str = "64";
-/// Held-out entities sampled by default: sized so that the default run (6 arms, 2 seeds,
-/// 20 steps) of the CPU cascade (32×32 base + 64×64 SR) fits in about 30 minutes on 2 cores.
-pub const DEFAULT_ENTITIES: usize = 12;
+/// Held-out entities sampled by default: sized so that the default run of the CPU cascade
+/// (32×32 base + 64×64 SR, 20 steps; 4 generating arms × 2 seeds ≈ 8 generations per case,
+/// about 6.4 cases per entity, about 2.8 s of CPU per generation measured on a random-weight
+/// cascade of those configs) plus the KB (about 90 s of CPU) stays under about 30 minutes on 2
+/// cores.
+pub const DEFAULT_ENTITIES: usize = 10;
 /// The η values of the sweep.
 pub const ETA_SWEEP: [f32; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 /// Other-entity renditions each calibration target is compared with.
@@ -364,6 +367,8 @@ pub struct KbSummary {
     pub pairs: u64,
     /// Whether this run built it (false: reused from an earlier run).
     pub built: bool,
+    /// Seconds spent making or opening it.
+    pub seconds: f64,
 }
 
 /// What a run measured.
@@ -415,6 +420,8 @@ pub struct EntitiesReport {
     pub files: Vec<PathBuf>,
     /// What the reader should know.
     pub notes: Vec<String>,
+    /// Wall time of the arms (retrieval, generation, scoring), KB excluded.
+    pub arms_seconds: f64,
     /// Wall time of the run.
     pub seconds: f64,
 }
@@ -589,6 +596,7 @@ fn calibrate(
 /// `64/train` and `64/heldout` with `clip` as embedder, reused when `work/kb-64.json` records
 /// the same dataset manifest and CLIP.
 fn open_kb(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<(KnowledgeBase, KbSummary)> {
+    let started = Instant::now();
     let dir = opts.work.join(format!("kb-{DATASET_SIZE}"));
     let marker = opts.work.join(format!("kb-{DATASET_SIZE}.json"));
     let manifest = opts.dataset.join("manifest.jsonl");
@@ -618,6 +626,7 @@ fn open_kb(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<(Knowledge
                 path: dir,
                 pairs,
                 built: false,
+                seconds: started.elapsed().as_secs_f64(),
             },
         ));
     }
@@ -659,6 +668,7 @@ fn open_kb(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<(Knowledge
             path: dir,
             pairs,
             built: true,
+            seconds: started.elapsed().as_secs_f64(),
         },
     ))
 }
@@ -695,7 +705,7 @@ fn retrieve(
                 .iter()
                 .filter_map(|p| rendition_of_path(p))
                 .collect();
-            if ids.iter().any(|id| *id == case.target.id) {
+            if ids.contains(&case.target.id) {
                 continue;
             }
             let allowed = ids.into_iter().find(|id| {
@@ -915,6 +925,7 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
         per_case: Vec::new(),
         files: Vec::new(),
         notes: Vec::new(),
+        arms_seconds: 0.0,
         seconds: 0.0,
     };
     for row in &report.calibration {
@@ -986,6 +997,7 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
             })
             .collect();
         report.cases = cases.len();
+        let arms_started = Instant::now();
         let mut results: Vec<BTreeMap<String, ArmOutcome>> = Vec::with_capacity(cases.len());
         for (i, case) in cases.iter().enumerate() {
             progress(&format!(
@@ -1014,6 +1026,7 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
             results.push(by_arm);
         }
 
+        report.arms_seconds = arms_started.elapsed().as_secs_f64();
         let arm_row = |arm: &Arm| -> ArmRow {
             let rows: Vec<(String, Scores)> = cases
                 .iter()
@@ -1302,7 +1315,16 @@ impl EntitiesReport {
                 self.guidance.eta
             );
         }
-        s += &format!(". {:.0} s.\n\n", self.seconds);
+        s += &format!(". {:.0} s in all", self.seconds);
+        if let Some(kb) = &self.kb {
+            s += &format!(
+                " ({:.0} s for the KB, {}; {:.0} s for the arms)",
+                kb.seconds,
+                if kb.built { "built" } else { "reused" },
+                self.arms_seconds
+            );
+        }
+        s += ".\n\n";
         s += &format!(
             "## Calibration\n\nOn the {} held-out renditions (at 64 px) that have both another style and another entity in their style; means over entities with 95% bootstrap intervals. A measure must score the same entity in another style above other entities in the same style and above flat grey.\n\n",
             self.calibration_targets
