@@ -8,9 +8,11 @@
 //! script (`training/bench_peers.py`), so peers run on identical input.
 //!
 //! Not here: search quality (`bench/relevance.rs`, `reimagen bench relevance`); CLIP speed
-//! (`bench/clip.rs`, `reimagen bench clip`).
+//! (`bench/clip.rs`, `reimagen bench clip`); generation faithfulness (`bench/entities.rs`,
+//! `reimagen bench entities`).
 
 pub mod clip;
+pub mod entities;
 pub mod generate;
 pub mod relevance;
 

@@ -580,6 +580,10 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// EntityDrawBench-mini: draw held-out entities with and without retrieval and score them
+    /// against their held-out renditions (CLIP-I, CLIP-T, colour layout, silhouette IoU), after
+    /// a calibration of the measures (docs/entities.md).
+    Entities(EntitiesArgs),
     /// Tensor kernels: GFLOP/s of matmul, conv2d and attention, and copy bandwidth, per device.
     Kernels {
         /// Devices, comma-separated: cpu, gpu, auto [default: cpu and the best adapter found].
@@ -598,6 +602,97 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `reimagen bench entities`.
+#[derive(clap::Args)]
+struct EntitiesArgs {
+    /// The generator model folder.
+    #[arg(long, value_name = "DIR", default_value = "models/reimagen")]
+    model: PathBuf,
+    /// The CLIP that retrieves and scores.
+    #[arg(long, value_name = "DIR", default_value = "models/clip")]
+    clip: PathBuf,
+    /// The emoji dataset [default: $XDG_DATA_HOME/reimagen/emoji].
+    #[arg(long, value_name = "DIR")]
+    dataset: Option<PathBuf>,
+    /// Neighbour counts of the BM25 arms (the first is the primary arm's).
+    #[arg(long, value_delimiter = ',', default_value = "2,4")]
+    k: Vec<usize>,
+    /// Seeds per case, the same in every arm.
+    #[arg(long, default_value_t = 2)]
+    seeds: usize,
+    /// Held-out entities: a seeded sample of N, or `all`.
+    #[arg(long, default_value_t = reimagen::bench::entities::DEFAULT_ENTITIES.to_string())]
+    entities: String,
+    /// Arms: bm25 (one per k), clip (first k), bm25-kN, clip-kN, none, copy.
+    #[arg(long, value_delimiter = ',', default_value = "bm25,clip,none,copy")]
+    arms: Vec<String>,
+    /// Also sweep η (0, 0.25, 0.5, 0.75, 1) of the interleaved guidance on the primary arm.
+    #[arg(long)]
+    eta_sweep: bool,
+    /// Sampler steps per stage.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Device: cpu, gpu or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Run the calibration of the measures alone (no generator needed).
+    #[arg(long)]
+    calibration_only: bool,
+    /// Seed of the entity sample, the calibration and the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write report.md, report.json, eta.png and cases.png here (the KB is cached here too).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_bench_entities(args: EntitiesArgs) -> anyhow::Result<ExitCode> {
+    use reimagen::bench::entities::{self, EntitiesOptions};
+    let device = reimagen::Device::from_choice(args.device.parse()?)?;
+    let clip = reimagen::embed::ClipEmbedder::open(
+        &args.clip,
+        device.clone(),
+        reimagen::embed::clip::WeightPrecision::F32,
+    )
+    .with_context(|| format!("loading the CLIP {}", args.clip.display()))?;
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let guidance = reimagen::generate::Guidance::default();
+    let opts = EntitiesOptions {
+        model: (!args.calibration_only).then_some(args.model),
+        clip: std::sync::Arc::new(clip),
+        clip_folder: args.clip,
+        dataset: args.dataset.unwrap_or_else(|| {
+            dirs::data_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("reimagen")
+                .join("emoji")
+        }),
+        arms: entities::parse_arms(&args.arms, &args.k, guidance.eta)?,
+        ks: args.k,
+        seeds: args.seeds,
+        entities: args.entities.parse().map_err(anyhow::Error::msg)?,
+        eta_sweep: args.eta_sweep,
+        steps: args.steps,
+        guidance,
+        device,
+        write_report: args.out.is_some(),
+        work: args.out.unwrap_or_else(|| temp.path().to_path_buf()),
+        seed: args.seed,
+        command: std::iter::once("reimagen".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let bar = spinner("benchmarking entities");
+    let report = entities::run_entities(&opts, &|m| bar.set_message(m.to_string()));
+    bar.finish_and_clear();
+    print_report(&report?, args.json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -1370,6 +1465,7 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             print_report(&report?, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Entities(args) => run_bench_entities(args),
         BenchCommand::Kernels {
             device,
             quick,

@@ -64,8 +64,10 @@ pub fn contact_sheet(columns: &[&str], rows: &[SheetRow], cell: u32) -> RgbImage
     sheet
 }
 
-/// Draws `text` with its top-left corner at (x, y); characters the font lacks print as `?`.
-fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, colour: Rgb<u8>) {
+/// Draws `text` with its top-left corner at (x, y), 8 pixels a character; characters the font
+/// lacks print as `?`. Public for the other drawings that must not need system fonts (the entity
+/// benchmark's plot).
+pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, colour: Rgb<u8>) {
     for (i, ch) in text.chars().enumerate() {
         let glyph = font8x8::BASIC_FONTS
             .get(ch)
