@@ -189,7 +189,7 @@ impl Watcher {
     /// use std::sync::Arc;
     /// use std::time::Duration;
     /// use reimagen::KnowledgeBase;
-    /// use reimagen::watch::{WatchOptions, Watcher};
+    /// use reimagen::{WatchOptions, Watcher};
     ///
     /// # fn main() -> reimagen::Result<()> {
     /// let tmp = tempfile::tempdir().unwrap();
