@@ -5,7 +5,7 @@
 //! the file, key or id it is about. The generator's ([`crate::generate::GenerateError`]) and the
 //! dataset builder's ([`crate::dataset::DatasetError`]) errors convert into [`Error`] too.
 //!
-//! Not here: the errors of the tensor runtime, CLIP and the watcher (in their modules).
+//! Not here: the errors of the tensor runtime and CLIP (in their modules).
 
 use std::path::PathBuf;
 
@@ -70,6 +70,50 @@ pub enum StoreError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+}
+
+/// Errors of the folder-watching daemon.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchError {
+    /// A folder given to watch cannot be watched.
+    #[error("{path}: cannot watch this folder: {reason}")]
+    BadRoot {
+        /// The folder as given.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The OS file watcher could not be started.
+    #[error("{path}: cannot start the file watcher: {reason}")]
+    Notify {
+        /// The folder.
+        path: PathBuf,
+        /// What the OS said.
+        reason: String,
+    },
+    /// The daemon's thread or runtime failed.
+    #[error("the watch daemon failed: {reason}")]
+    Daemon {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The status file cannot be read.
+    #[error("{path}: unreadable daemon status file: {reason}")]
+    StatusFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The KB is locked by a process that is not a watch daemon (or one that left no status).
+    #[error(
+        "knowledge base {path} is in use by another process that is not a running watch daemon"
+    )]
+    LockedByOther {
+        /// The KB directory.
+        path: PathBuf,
     },
 }
 
@@ -217,7 +261,7 @@ pub enum Error {
     Model(#[from] ModelError),
     /// The folder-watching daemon failed or was given a bad folder.
     #[error(transparent)]
-    Watch(#[from] crate::watch::WatchError),
+    Watch(#[from] WatchError),
     /// A generation was refused (impossible settings, a bad model folder), cancelled, or failed.
     #[error(transparent)]
     Generate(#[from] crate::generate::GenerateError),
@@ -295,10 +339,7 @@ impl Error {
                         | StoreError::Locked { .. }
                         | StoreError::ReadOnly { .. }
                 )
-                | Error::Watch(
-                    crate::watch::WatchError::BadRoot { .. }
-                        | crate::watch::WatchError::LockedByOther { .. }
-                )
+                | Error::Watch(WatchError::BadRoot { .. } | WatchError::LockedByOther { .. })
         )
     }
 }

@@ -1,30 +1,46 @@
 //! [`KnowledgeBase`]: the one entry point that ties store, indices, ingest and search together.
 //!
 //! A KB directory holds `store/` (LMDB, the truth), `text-index/` and `vector-index/` (derived,
-//! rebuilt when damaged) and `kb.toml`. Opening takes an exclusive lock file, so one process
-//! owns a KB at a time.
+//! rebuilt when damaged) and `kb.toml`. Opening for writing takes an exclusive lock file, so one
+//! process writes a KB at a time; any number read it beside that one (invariant 10 of
+//! ARCHITECTURE.md). This file is the facade: config, locking, open order, and the public
+//! methods, each a thin call into the module that does the work.
+//!
+//! Not here: retrieval (`search/retrieve.rs`), preparing pairs and path records
+//! (`ingest/prepare.rs`), the store and its writer (`store/`), the indices (`text/`, `vector/`).
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::embed::clip::WeightPrecision;
 use crate::embed::{ClipEmbedder, Embedder};
-use crate::error::{Error, IngestError, ModelError, Result, StoreError, io_err};
-use crate::ingest::{self, CaptionRules, DecodeLimits, DecodedImage, PairText};
-use crate::search::{self, Hit, Query, QueryImage, Ranked, Retriever, SearchMode};
-use crate::store::Store;
-use crate::store::records::{
-    Change, EmbeddingKind, ImageId, PairRecord, PathRecord, QuarantineRecord,
+use crate::error::{Error, ModelError, Result, StoreError, io_err};
+use crate::ingest::{
+    self, CaptionRules, DecodeLimits, PairText, Preparation, absolute_lossy, absolute_utf8,
+    collect_images, path_record, quarantine_record,
 };
-use crate::store::writer::{ChangeSink, NewRecord, WriteOp, WriteOutcome, Writer};
+pub use crate::ingest::{ImageSource, NewPair};
+use crate::search::{Hit, Query, Retrievers, SearchMode};
+use crate::store::Store;
+use crate::store::records::{EmbeddingKind, ImageId, PathRecord, QuarantineRecord};
+use crate::store::writer::{WriteOp, WriteOutcome, Writer};
 use crate::text::{TextIndex, TextLanguage};
-use crate::vector::{HnswParams, VectorCounts, VectorIndex};
+use crate::vector::{HnswParams, VectorIndex};
+
+mod indices;
+mod types;
+
+use indices::{Indices, Sink};
+use types::pair_of;
+pub use types::{
+    AddOutcome, CheckReport, EntitySummary, ImportReport, Pair, PathOp, PathOpOutcome, Progress,
+    ReembedReport, Stats,
+};
 
 const CONFIG_FILE: &str = "kb.toml";
 const LOCK_FILE: &str = "kb.lock";
@@ -71,342 +87,6 @@ impl KbConfig {
     /// The embedder model folder, a relative path taken from the KB directory `dir`.
     pub fn embedder_folder(&self, dir: &Path) -> Option<PathBuf> {
         self.embedder_model.as_ref().map(|m| dir.join(m))
-    }
-}
-
-/// A pair to add.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewPair {
-    /// Where the image comes from.
-    pub image: ImageSource,
-    /// Caption, entity and tags.
-    pub text: PairText,
-}
-
-/// The image of a [`NewPair`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum ImageSource {
-    /// A file; its absolute path is recorded as one of the pair's paths.
-    File(PathBuf),
-    /// Bytes in memory; `name` is used in errors only.
-    Bytes {
-        /// A name for errors.
-        name: String,
-        /// The encoded image.
-        bytes: Vec<u8>,
-    },
-}
-
-impl NewPair {
-    /// A pair from an image file.
-    #[must_use]
-    pub fn file(path: impl Into<PathBuf>, caption: impl Into<String>) -> NewPair {
-        NewPair {
-            image: ImageSource::File(path.into()),
-            text: PairText {
-                caption: caption.into(),
-                ..PairText::default()
-            },
-        }
-    }
-
-    /// A pair from encoded image bytes.
-    #[must_use]
-    pub fn bytes(name: impl Into<String>, bytes: Vec<u8>, caption: impl Into<String>) -> NewPair {
-        NewPair {
-            image: ImageSource::Bytes {
-                name: name.into(),
-                bytes,
-            },
-            text: PairText {
-                caption: caption.into(),
-                ..PairText::default()
-            },
-        }
-    }
-
-    /// Sets the entity.
-    #[must_use]
-    pub fn entity(mut self, entity: impl Into<String>) -> NewPair {
-        self.text.entity = Some(entity.into());
-        self
-    }
-
-    /// Adds a tag.
-    #[must_use]
-    pub fn tag(mut self, tag: impl Into<String>) -> NewPair {
-        self.text.tags.push(tag.into());
-        self
-    }
-
-    fn name(&self) -> PathBuf {
-        match &self.image {
-            ImageSource::File(p) => p.clone(),
-            ImageSource::Bytes { name, .. } => PathBuf::from(name),
-        }
-    }
-}
-
-/// What [`KnowledgeBase::add`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddOutcome {
-    /// A new pair.
-    Added(ImageId),
-    /// The image was already in the KB, under this id; nothing changed but the path record.
-    Duplicate(ImageId),
-}
-
-impl AddOutcome {
-    /// The pair's id either way.
-    pub fn id(&self) -> ImageId {
-        match self {
-            AddOutcome::Added(id) | AddOutcome::Duplicate(id) => *id,
-        }
-    }
-}
-
-/// A pair as read back.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Pair {
-    /// The pair's id.
-    #[serde(serialize_with = "search::hex_id")]
-    pub id: ImageId,
-    /// Caption.
-    pub caption: String,
-    /// Entity.
-    pub entity: Option<String>,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Width in pixels (`width_px` in JSON).
-    #[serde(rename = "width_px")]
-    pub width: u32,
-    /// Height in pixels (`height_px` in JSON).
-    #[serde(rename = "height_px")]
-    pub height: u32,
-    /// Image format.
-    pub format: String,
-    /// Image size in bytes (`size_bytes` in JSON).
-    #[serde(rename = "size_bytes")]
-    pub byte_len: u64,
-    /// Seconds since the epoch when added (`added_at_unix_s` in JSON).
-    #[serde(rename = "added_at_unix_s")]
-    pub added_at: u64,
-    /// Files known to hold the image.
-    pub paths: Vec<String>,
-}
-
-/// Counts and sizes of a KB.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Stats {
-    /// KB directory.
-    pub path: PathBuf,
-    /// Number of pairs.
-    pub pairs: u64,
-    /// Number of distinct entities.
-    pub entities: u64,
-    /// Last change-log sequence.
-    pub last_seq: u64,
-    /// Store schema version.
-    pub schema_version: u32,
-    /// Embedder id recorded in the store.
-    pub embedder: Option<String>,
-    /// LMDB map size in bytes (`map_size_bytes` in JSON).
-    #[serde(rename = "map_size_bytes")]
-    pub map_size: usize,
-    /// LMDB file size in bytes (`disk_size_bytes` in JSON).
-    #[serde(rename = "disk_size_bytes")]
-    pub disk_size: u64,
-    /// Documents in the BM25 index.
-    pub text_index_docs: usize,
-    /// Image-embedding index counts.
-    pub image_index: VectorCounts,
-    /// Text-embedding index counts.
-    pub text_vector_index: VectorCounts,
-}
-
-/// One entity of the KB, for [`KnowledgeBase::entities`].
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct EntitySummary {
-    /// Its name.
-    pub name: String,
-    /// How many pairs show it.
-    pub pairs: u64,
-    /// One of them (the first in id order).
-    #[serde(serialize_with = "search::hex_id")]
-    pub example: ImageId,
-}
-
-/// The result of a store ↔ index consistency check.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct CheckReport {
-    /// Pairs in the store.
-    pub pairs: u64,
-    /// What does not match; empty when consistent.
-    pub problems: Vec<String>,
-}
-
-impl CheckReport {
-    /// True when store and indices agree.
-    pub fn is_consistent(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-/// Progress of a long operation, for a progress bar.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Progress {
-    /// Items done.
-    pub done: u64,
-    /// Items in all.
-    pub total: u64,
-}
-
-/// What a re-embedding did ([`KnowledgeBase::reembed`]).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ReembedReport {
-    /// The embedder whose vectors the KB now holds.
-    pub embedder: String,
-    /// Pairs re-embedded.
-    pub embedded: usize,
-    /// Pairs that could not be (hex id, reason); while any remain the KB keeps refusing CLIP
-    /// search, and a second run retries them.
-    pub failed: Vec<(String, String)>,
-}
-
-/// What an import did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ImportReport {
-    /// New pairs.
-    pub added: usize,
-    /// Images already present.
-    pub duplicates: usize,
-    /// Files refused, each with the reason.
-    pub failed: Vec<(PathBuf, String)>,
-}
-
-/// One change to what the KB knows of files, for [`KnowledgeBase::apply_path_ops`]: none of them
-/// decodes or embeds an image.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum PathOp {
-    /// The file at `path` holds the pair `id` (see [`KnowledgeBase::set_path`]).
-    Set {
-        /// The file.
-        path: PathBuf,
-        /// The pair it holds.
-        id: ImageId,
-        /// The size and mtime (nanoseconds since the epoch) the file had when its content was
-        /// hashed, to record instead of its current ones: a file that changed since then no
-        /// longer matches its record, so a later scan looks at it again.
-        seen: Option<(u64, u128)>,
-    },
-    /// Forget the file (see [`KnowledgeBase::remove_path`]).
-    Remove {
-        /// The file.
-        path: PathBuf,
-        /// Also remove the pair when no other file holds it.
-        remove_orphan: bool,
-    },
-    /// Remove the pair `id` if, and only if, no file holds it any more.
-    RemoveOrphan {
-        /// The pair.
-        id: ImageId,
-    },
-    /// Replace a pair's caption, entity and tags (see [`KnowledgeBase::update`]).
-    Update {
-        /// The pair.
-        id: ImageId,
-        /// The new text.
-        text: PairText,
-    },
-    /// Record that the file was refused (see [`KnowledgeBase::quarantine`]).
-    Quarantine {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-        /// The size and mtime the file had when it was examined, to record instead of its
-        /// current ones (as for [`PathOp::Set`]).
-        seen: Option<(u64, u128)>,
-    },
-    /// Lift the quarantine of a file.
-    Unquarantine {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// What one [`PathOp`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PathOpOutcome {
-    /// The op took effect.
-    Applied,
-    /// The op removed this pair (a `Remove` with `remove_orphan`, or a `RemoveOrphan`).
-    PairRemoved(ImageId),
-    /// Nothing to do: no such path or pair, or the pair is still held by a file.
-    Unchanged,
-}
-
-/// Filtered vector searches whose filter passes at most this many pairs are exact (embeddings
-/// read from the store) rather than a graph walk.
-const EXACT_SEARCH_LIMIT: usize = 2_000;
-
-/// The derived indices, fed by the writer after every commit.
-pub(crate) struct Indices {
-    pub text: TextIndex,
-    pub image: VectorIndex,
-    pub text_vectors: VectorIndex,
-}
-
-impl Indices {
-    fn dump(&self, store: &Store, force: bool) -> Result<()> {
-        self.image.dump(store, force)?;
-        self.text_vectors.dump(store, force)
-    }
-
-    fn rebuild(&self, store: &Store) -> Result<()> {
-        self.text.rebuild(store)?;
-        self.image.rebuild(store)?;
-        self.text_vectors.rebuild(store)?;
-        self.dump(store, true)
-    }
-}
-
-struct Sink(Arc<Indices>);
-
-impl ChangeSink for Sink {
-    fn apply(&mut self, store: &Store, changes: &[Change]) {
-        // The store has committed; an index that fails here is behind and replays on next open.
-        // BM25 indexing (one thread, and a commit that waits on the disk) runs beside the
-        // graph inserts (which use every core).
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                if let Err(e) = self.0.text.apply(store, changes) {
-                    tracing::error!(
-                        "text index update failed (it will catch up on next open): {e}"
-                    );
-                }
-            });
-            self.apply_vectors(store, changes);
-        });
-    }
-}
-
-impl Sink {
-    /// Both graphs at once: each reads its embeddings on one thread before its parallel insert,
-    /// and the other fills that gap.
-    fn apply_vectors(&self, store: &Store, changes: &[Change]) {
-        let indices = [&self.0.image, &self.0.text_vectors];
-        indices.into_par_iter().for_each(|index| {
-            if let Err(e) = index.apply(store, changes) {
-                tracing::error!("vector index update failed (it will catch up on next open): {e}");
-            }
-            if index.wants_dump()
-                && let Err(e) = index.dump(store, false)
-            {
-                tracing::error!("vector index dump failed: {e}");
-            }
-        });
     }
 }
 
@@ -715,6 +395,18 @@ impl Drop for KnowledgeBase {
 
 impl KnowledgeBase {
     /// Options for opening or creating the KB in `dir`.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use reimagen::{KnowledgeBase, TextLanguage};
+    /// let kb = KnowledgeBase::builder(dir.path().join("kb"))
+    ///     .create(true)
+    ///     .language(TextLanguage::English)
+    ///     .open()?;
+    /// assert!(!kb.is_read_only());
+    /// # Ok(()) }
+    /// ```
     pub fn builder(dir: impl Into<PathBuf>) -> Builder {
         Builder {
             dir: dir.into(),
@@ -733,6 +425,17 @@ impl KnowledgeBase {
     }
 
     /// Opens an existing KB with the default options.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use reimagen::KnowledgeBase;
+    /// let path = dir.path().join("kb");
+    /// drop(KnowledgeBase::create(&path)?);
+    /// let kb = KnowledgeBase::open(&path)?;
+    /// assert_eq!(kb.stats()?.pairs, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn open(dir: impl Into<PathBuf>) -> Result<KnowledgeBase> {
         Self::builder(dir).open()
     }
@@ -740,17 +443,38 @@ impl KnowledgeBase {
     /// Opens an existing KB for reading only, beside a daemon or another process that writes
     /// it; see [`Builder::open_read_only`].
     ///
-    /// ```no_run
+    /// ```
     /// # fn main() -> reimagen::Result<()> {
-    /// let kb = reimagen::KnowledgeBase::open_read_only("/data/kb")?;
-    /// let hits = kb.search(&reimagen::Query::text("corgi on a beach").k(5))?;
-    /// # let _ = hits; Ok(()) }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// use reimagen::{KnowledgeBase, NewPair, Query};
+    /// let path = dir.path().join("kb");
+    /// // Here the writer is gone; a daemon in another process could as well still be running.
+    /// let writer = KnowledgeBase::create(&path)?;
+    /// writer.add(NewPair::bytes("a.png", png(28), "a corgi on the beach"))?;
+    /// drop(writer);
+    /// let kb = KnowledgeBase::open_read_only(&path)?;
+    /// assert_eq!(kb.search(&Query::text("corgi").k(5))?.len(), 1);
+    /// assert!(kb.add(NewPair::bytes("b.png", png(29), "refused")).is_err());
+    /// # Ok(()) }
     /// ```
     pub fn open_read_only(dir: impl Into<PathBuf>) -> Result<KnowledgeBase> {
         Self::builder(dir).open_read_only()
     }
 
     /// Whether another process holds the KB in `dir` open for writing (its `kb.lock`).
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use reimagen::KnowledgeBase;
+    /// let path = dir.path().join("kb");
+    /// let kb = KnowledgeBase::create(&path)?;
+    /// assert!(KnowledgeBase::is_locked(&path)?);
+    /// drop(kb);
+    /// assert!(!KnowledgeBase::is_locked(&path)?);
+    /// # Ok(()) }
+    /// ```
     pub fn is_locked(dir: &Path) -> Result<bool> {
         let lock_path = dir.join(LOCK_FILE);
         let lock = match fs::OpenOptions::new().write(true).open(&lock_path) {
@@ -763,16 +487,42 @@ impl KnowledgeBase {
     }
 
     /// Opens the KB in `dir`, creating it if it does not exist.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// assert!(kb.path().join("kb.toml").exists());
+    /// # Ok(()) }
+    /// ```
     pub fn create(dir: impl Into<PathBuf>) -> Result<KnowledgeBase> {
         Self::builder(dir).create(true).open()
     }
 
     /// The KB directory.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// assert_eq!(kb.path(), dir.path().join("kb"));
+    /// # Ok(()) }
+    /// ```
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
     /// The KB's `kb.toml`.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// assert_eq!(kb.config().embedder_model, None);
+    /// # Ok(()) }
+    /// ```
     pub fn config(&self) -> &KbConfig {
         &self.config
     }
@@ -793,6 +543,15 @@ impl KnowledgeBase {
     }
 
     /// Whether the KB was opened with [`KnowledgeBase::open_read_only`].
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// assert!(!kb.is_read_only());
+    /// # Ok(()) }
+    /// ```
     pub fn is_read_only(&self) -> bool {
         self.writer.is_none()
     }
@@ -800,6 +559,15 @@ impl KnowledgeBase {
     /// Whether the BM25 index lags the store: its writer was killed between the store's commit
     /// and the index's. A read-only KB searches what the index holds; the next open for writing
     /// replays the rest.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// assert!(!kb.is_behind()?);
+    /// # Ok(()) }
+    /// ```
     pub fn is_behind(&self) -> Result<bool> {
         let rtxn = self.store.read()?;
         let last_seq = self.store.last_seq(&rtxn)?;
@@ -829,6 +597,19 @@ impl KnowledgeBase {
 
     /// Adds one pair. A caption is cleaned (whitespace collapsed) and checked; the image is
     /// decoded under the limits; a duplicate image returns the existing id.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// use reimagen::{AddOutcome, NewPair};
+    /// let added = kb.add(NewPair::bytes("red.png", png(255), "a red square").tag("square"))?;
+    /// assert!(matches!(added, AddOutcome::Added(_)));
+    /// // The same image again is a duplicate of the first.
+    /// assert_eq!(kb.add(NewPair::bytes("copy.png", png(255), "again"))?, AddOutcome::Duplicate(added.id()));
+    /// # Ok(()) }
+    /// ```
     pub fn add(&self, pair: NewPair) -> Result<AddOutcome> {
         self.add_many(vec![pair])
             .pop()
@@ -837,26 +618,23 @@ impl KnowledgeBase {
 
     /// Adds many pairs: decoding, hashing and embedding run in parallel, and the writes share
     /// transactions. Results come back in input order; a bad pair does not stop the others.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// use reimagen::NewPair;
+    /// let results = kb.add_many(vec![
+    ///     NewPair::bytes("a.png", png(1), "first"),
+    ///     NewPair::bytes("b.png", png(2), "   "), // an empty caption is refused
+    /// ]);
+    /// assert!(results[0].is_ok());
+    /// assert!(results[1].is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn add_many(&self, pairs: Vec<NewPair>) -> Vec<Result<AddOutcome>> {
-        let prepared: Vec<Result<NewRecord>> = match &self.embedder {
-            None => pairs
-                .into_par_iter()
-                .map(|p| Ok(self.prepare(p)?.0))
-                .collect(),
-            // Decoding runs in parallel a batch at a time; the embedder then runs one forward
-            // per batch (its ops are parallel inside) instead of one per pair from many threads.
-            Some(embedder) => {
-                let mut prepared = Vec::with_capacity(pairs.len());
-                let mut pairs = pairs.into_iter().peekable();
-                while pairs.peek().is_some() {
-                    let chunk: Vec<NewPair> =
-                        pairs.by_ref().take(embedder.batch_size().max(1)).collect();
-                    let decoded: Vec<_> = chunk.into_par_iter().map(|p| self.prepare(p)).collect();
-                    prepared.extend(embed_batch(embedder.as_ref(), decoded));
-                }
-                prepared
-            }
-        };
+        let prepared = self.preparation().prepare_many(pairs);
         let mut slots: Vec<Option<Result<AddOutcome>>> = Vec::with_capacity(prepared.len());
         let mut ops = Vec::new();
         for p in prepared {
@@ -888,80 +666,24 @@ impl KnowledgeBase {
             .collect()
     }
 
-    /// Cleans the text and decodes the image of a pair into its record, without embeddings;
-    /// the decoded image comes along for the embedder.
-    fn prepare(&self, pair: NewPair) -> Result<(NewRecord, image::DynamicImage)> {
-        let name = pair.name();
-        let caption = self.captions.clean(&pair.text.caption, &name)?;
-        let entity = match &pair.text.entity {
-            Some(e) => {
-                Some(
-                    self.captions
-                        .clean(e, &name)
-                        .map_err(|_| IngestError::BadCaption {
-                            path: name.clone(),
-                            reason: "the entity name is empty or invalid".into(),
-                        })?,
-                )
-            }
-            None => None,
-        };
-        let tags: Vec<String> = pair
-            .text
-            .tags
-            .iter()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect();
-        let (decoded, path) = match pair.image {
-            ImageSource::File(path) => {
-                // Size and mtime from before the read: if the file changes while it is read, the
-                // record no longer matches the file and the next scan looks at it again.
-                let before = path_record(&path, ImageId([0; 32]))?;
-                let decoded = ingest::read_image_file(&path, &self.limits)?;
-                let record = PathRecord {
-                    id: decoded.id,
-                    ..before
-                };
-                (decoded, Some(record))
-            }
-            ImageSource::Bytes { bytes, .. } => {
-                (ingest::decode_image(&name, bytes, &self.limits)?, None)
-            }
-        };
-        let DecodedImage {
-            id,
-            bytes,
-            image,
-            format,
-        } = decoded;
-        let record = NewRecord {
-            pair: PairRecord {
-                id,
-                doc: 0,
-                caption,
-                entity,
-                tags,
-                width: image.width(),
-                height: image.height(),
-                format,
-                byte_len: bytes.len() as u64,
-                added_at: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            },
-            thumbnail: ingest::thumbnail(&image),
-            image: bytes,
-            embeddings: Vec::new(),
-            path,
-            embedder: self.embedder.as_ref().map(|e| e.id()),
-        };
-        Ok((record, image))
-    }
-
     /// Imports every image under `dir` (recursively, not following links) with the caption
     /// rules: a sidecar `NAME.txt`, else the file stem; the parent folder is the entity.
     /// `progress` is called after each batch.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let photos = dir.path().join("photos");
+    /// std::fs::create_dir_all(photos.join("corgi")).unwrap();
+    /// std::fs::write(photos.join("corgi/on_the_beach.png"), png(3)).unwrap();
+    /// let report = kb.import_dir(&photos, &|_progress| {})?;
+    /// assert_eq!(report.added, 1);
+    /// let pair = &kb.list()?[0];
+    /// assert_eq!((pair.caption.as_str(), pair.entity.as_deref()), ("on the beach", Some("corgi")));
+    /// # Ok(()) }
+    /// ```
     pub fn import_dir(&self, dir: &Path, progress: &dyn Fn(Progress)) -> Result<ImportReport> {
         let mut files = Vec::new();
         collect_images(dir, &mut files)?;
@@ -996,6 +718,16 @@ impl KnowledgeBase {
     }
 
     /// Finds the id a full id or a unique prefix (at least 4 hex digits) names.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let id = kb.add(reimagen::NewPair::bytes("a.png", png(4), "a pair"))?.id();
+    /// assert_eq!(kb.resolve(&id.to_hex()[..8])?, id);
+    /// # Ok(()) }
+    /// ```
     pub fn resolve(&self, id_or_prefix: &str) -> Result<ImageId> {
         let s = id_or_prefix.trim().to_ascii_lowercase();
         if s.len() < 4 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -1011,6 +743,17 @@ impl KnowledgeBase {
     }
 
     /// A pair by id.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let id = kb.add(reimagen::NewPair::bytes("a.png", png(5), "a pair").entity("squares"))?.id();
+    /// let pair = kb.get(&id)?.expect("just added");
+    /// assert_eq!(pair.entity.as_deref(), Some("squares"));
+    /// # Ok(()) }
+    /// ```
     pub fn get(&self, id: &ImageId) -> Result<Option<Pair>> {
         let rtxn = self.store.read()?;
         let Some(record) = self.store.pair(&rtxn, id)? else {
@@ -1021,12 +764,33 @@ impl KnowledgeBase {
     }
 
     /// The image bytes of a pair, as they were added.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let id = kb.add(reimagen::NewPair::bytes("a.png", png(6), "a pair"))?.id();
+    /// assert_eq!(kb.image_bytes(&id)?, Some(png(6)));
+    /// # Ok(()) }
+    /// ```
     pub fn image_bytes(&self, id: &ImageId) -> Result<Option<Vec<u8>>> {
         let rtxn = self.store.read()?;
         Ok(self.store.image_bytes(&rtxn, id)?)
     }
 
     /// The PNG thumbnail of a pair (at most 128 pixels a side).
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let id = kb.add(reimagen::NewPair::bytes("a.png", png(7), "a pair"))?.id();
+    /// let thumbnail = kb.thumbnail(&id)?.expect("every pair has one");
+    /// assert!(thumbnail.starts_with(b"\x89PNG"));
+    /// # Ok(()) }
+    /// ```
     pub fn thumbnail(&self, id: &ImageId) -> Result<Option<Vec<u8>>> {
         let rtxn = self.store.read()?;
         Ok(self.store.thumbnail(&rtxn, id)?)
@@ -1034,6 +798,18 @@ impl KnowledgeBase {
 
     /// Records that a file was refused (it is retried only when its size or mtime change).
     /// Size and mtime are those of the path itself: a symbolic link is not followed.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let bad = dir.path().join("bad.png");
+    /// std::fs::write(&bad, b"not an image").unwrap();
+    /// kb.quarantine(&bad, "not an image")?;
+    /// assert_eq!(kb.quarantined()?[0].reason, "not an image");
+    /// # Ok(()) }
+    /// ```
     pub fn quarantine(&self, path: &Path, reason: &str) -> Result<()> {
         let record = quarantine_record(path, reason)?;
         self.writer()?.submit(WriteOp::Quarantine { record })?;
@@ -1041,6 +817,19 @@ impl KnowledgeBase {
     }
 
     /// Lifts the quarantine of a file.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let bad = dir.path().join("bad.png");
+    /// std::fs::write(&bad, b"not an image").unwrap();
+    /// kb.quarantine(&bad, "not an image")?;
+    /// kb.unquarantine(&bad)?;
+    /// assert!(kb.quarantined()?.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn unquarantine(&self, path: &Path) -> Result<()> {
         let path = absolute_lossy(path)?;
         self.writer()?.submit(WriteOp::Unquarantine { path })?;
@@ -1048,12 +837,33 @@ impl KnowledgeBase {
     }
 
     /// Every quarantined file with its reason.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// assert!(kb.quarantined()?.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn quarantined(&self) -> Result<Vec<QuarantineRecord>> {
         let rtxn = self.store.read()?;
         Ok(self.store.quarantined(&rtxn)?)
     }
 
     /// What the store knows of a file: the pair it holds, with size and mtime at ingest.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let file = dir.path().join("a.png");
+    /// std::fs::write(&file, png(8)).unwrap();
+    /// let id = kb.add(reimagen::NewPair::file(&file, "a pair"))?.id();
+    /// assert_eq!(kb.path_info(&file)?.map(|r| r.id), Some(id));
+    /// # Ok(()) }
+    /// ```
     pub fn path_info(&self, path: &Path) -> Result<Option<PathRecord>> {
         let text = std::path::absolute(path).map_err(io_err(path))?;
         let Some(text) = text.to_str() else {
@@ -1064,12 +874,35 @@ impl KnowledgeBase {
     }
 
     /// Every file path the store knows, with the pair each holds.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let file = dir.path().join("a.png");
+    /// std::fs::write(&file, png(9)).unwrap();
+    /// kb.add(reimagen::NewPair::file(&file, "a pair"))?;
+    /// assert!(kb.paths()?[0].path.ends_with("a.png"));
+    /// # Ok(()) }
+    /// ```
     pub fn paths(&self) -> Result<Vec<PathRecord>> {
         let rtxn = self.store.read()?;
         Ok(self.store.all_paths(&rtxn)?)
     }
 
     /// Every pair, in id order.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// kb.add(reimagen::NewPair::bytes("a.png", png(10), "one"))?;
+    /// kb.add(reimagen::NewPair::bytes("b.png", png(11), "two"))?;
+    /// assert_eq!(kb.list()?.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn list(&self) -> Result<Vec<Pair>> {
         let rtxn = self.store.read()?;
         let records = self.store.all_pairs(&rtxn)?;
@@ -1085,6 +918,20 @@ impl KnowledgeBase {
     /// Every entity with its pair count and one example pair, most pairs first (then by name).
     /// Spellings that differ in case or accents only count as one entity, under the spelling
     /// most of its pairs use.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// use reimagen::NewPair;
+    /// kb.add(NewPair::bytes("a.png", png(12), "one").entity("Corgi"))?;
+    /// kb.add(NewPair::bytes("b.png", png(13), "two").entity("Corgi"))?;
+    /// kb.add(NewPair::bytes("c.png", png(14), "three").entity("corgi"))?;
+    /// let entities = kb.entities()?;
+    /// assert_eq!((entities[0].name.as_str(), entities[0].pairs), ("Corgi", 3));
+    /// # Ok(()) }
+    /// ```
     pub fn entities(&self) -> Result<Vec<EntitySummary>> {
         let rtxn = self.store.read()?;
         let mut by_key: std::collections::HashMap<String, (EntitySummary, Vec<(String, usize)>)> =
@@ -1124,6 +971,17 @@ impl KnowledgeBase {
     }
 
     /// The embeddings stored for a pair (image, text), those it has.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// // A KB without an embedder stores no embeddings.
+    /// let id = kb.add(reimagen::NewPair::bytes("a.png", png(15), "a pair"))?.id();
+    /// assert!(kb.embeddings_of(&id)?.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn embeddings_of(&self, id: &ImageId) -> Result<Vec<(EmbeddingKind, Vec<f32>)>> {
         let rtxn = self.store.read()?;
         let mut out = Vec::new();
@@ -1136,6 +994,17 @@ impl KnowledgeBase {
     }
 
     /// Removes a pair; false when there was none.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let id = kb.add(reimagen::NewPair::bytes("a.png", png(16), "a pair"))?.id();
+    /// assert!(kb.remove(&id)?);
+    /// assert!(!kb.remove(&id)?);
+    /// # Ok(()) }
+    /// ```
     pub fn remove(&self, id: &ImageId) -> Result<bool> {
         match self.writer()?.submit(WriteOp::Remove { id: *id })? {
             WriteOutcome::Removed { .. } => Ok(true),
@@ -1144,6 +1013,19 @@ impl KnowledgeBase {
     }
 
     /// Replaces a pair's caption, entity and tags; false when there is no such pair.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// use reimagen::PairText;
+    /// let id = kb.add(reimagen::NewPair::bytes("a.png", png(17), "a pair"))?.id();
+    /// let text = PairText { caption: "  a  red pair ".into(), ..PairText::default() };
+    /// assert!(kb.update(&id, text)?);
+    /// assert_eq!(kb.get(&id)?.unwrap().caption, "a red pair");
+    /// # Ok(()) }
+    /// ```
     pub fn update(&self, id: &ImageId, text: PairText) -> Result<bool> {
         let op = self.update_op(id, text)?;
         Ok(matches!(
@@ -1152,9 +1034,13 @@ impl KnowledgeBase {
         ))
     }
 
+    /// The write of an update: the text normalised as `add` does, the caption embedded anew.
     fn update_op(&self, id: &ImageId, text: PairText) -> Result<WriteOp> {
-        let name = PathBuf::from(id.to_hex());
-        let caption = self.captions.clean(&text.caption, &name)?;
+        let PairText {
+            caption,
+            entity,
+            tags,
+        } = text.normalised(&self.captions, &PathBuf::from(id.to_hex()))?;
         let text_embedding = match &self.embedder {
             Some(e) => Some(e.embed_text(&caption)?),
             None => None,
@@ -1162,8 +1048,8 @@ impl KnowledgeBase {
         Ok(WriteOp::Update {
             id: *id,
             caption,
-            entity: text.entity,
-            tags: text.tags,
+            entity,
+            tags,
             text_embedding,
             image_embedding: None,
         })
@@ -1172,6 +1058,27 @@ impl KnowledgeBase {
     /// Applies many path, caption and quarantine changes at once: they share write transactions
     /// (one commit for a whole folder moved, not one per file). Results come back in input order;
     /// a bad op does not stop the others.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// use reimagen::{PathOp, PathOpOutcome};
+    /// let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    /// std::fs::write(&a, png(18)).unwrap();
+    /// let id = kb.add(reimagen::NewPair::file(&a, "a pair"))?.id();
+    /// std::fs::rename(&a, &b).unwrap();
+    /// let outcomes = kb.apply_path_ops(vec![
+    ///     PathOp::Set { path: b.clone(), id, seen: None },
+    ///     PathOp::Remove { path: a.clone(), remove_orphan: true },
+    /// ]);
+    /// assert!(matches!(outcomes[0], Ok(PathOpOutcome::Applied)));
+    /// // `a.png` is forgotten; its pair stays, held by `b.png`.
+    /// assert!(matches!(outcomes[1], Ok(PathOpOutcome::Unchanged)));
+    /// assert_eq!(kb.get(&id)?.unwrap().paths.len(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn apply_path_ops(&self, ops: Vec<PathOp>) -> Vec<Result<PathOpOutcome>> {
         let mut slots: Vec<Option<Result<PathOpOutcome>>> = Vec::with_capacity(ops.len());
         let mut writes = Vec::new();
@@ -1247,17 +1154,49 @@ impl KnowledgeBase {
     }
 
     /// The decode limits this KB applies to images.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// assert_eq!(*kb.decode_limits(), reimagen::DecodeLimits::default());
+    /// # Ok(()) }
+    /// ```
     pub fn decode_limits(&self) -> &DecodeLimits {
         &self.limits
     }
 
     /// The caption rules this KB applies.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// assert_eq!(kb.caption_rules().max_chars, 2000);
+    /// # Ok(()) }
+    /// ```
     pub fn caption_rules(&self) -> &CaptionRules {
         &self.captions
     }
 
     /// Records that the file at `path` holds the pair `id` (a second copy, or a file renamed
     /// without its content changing): the pair itself is untouched.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let (a, copy) = (dir.path().join("a.png"), dir.path().join("copy.png"));
+    /// std::fs::write(&a, png(19)).unwrap();
+    /// std::fs::write(&copy, png(19)).unwrap();
+    /// let id = kb.add(reimagen::NewPair::file(&a, "a pair"))?.id();
+    /// kb.set_path(&copy, &id)?;
+    /// assert_eq!(kb.get(&id)?.unwrap().paths.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn set_path(&self, path: &Path, id: &ImageId) -> Result<()> {
         let record = path_record(path, *id)?;
         self.writer()?.submit(WriteOp::SetPath(record))?;
@@ -1266,6 +1205,20 @@ impl KnowledgeBase {
 
     /// Forgets the file at `path`. With `remove_orphan`, a pair that no other known file holds is
     /// removed too; its id is returned.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// let file = dir.path().join("a.png");
+    /// std::fs::write(&file, png(20)).unwrap();
+    /// let id = kb.add(reimagen::NewPair::file(&file, "a pair"))?.id();
+    /// // The last file of a pair gone, the pair goes with it.
+    /// assert_eq!(kb.remove_path(&file, true)?, Some(id));
+    /// assert!(kb.get(&id)?.is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn remove_path(&self, path: &Path, remove_orphan: bool) -> Result<Option<ImageId>> {
         let text = absolute_utf8(path)?;
         match self.writer()?.submit(WriteOp::RemovePath {
@@ -1278,108 +1231,47 @@ impl KnowledgeBase {
     }
 
     /// Searches; see [`Query`] for the modes and options.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// use reimagen::{NewPair, Query};
+    /// let id = kb.add(NewPair::bytes("a.png", png(21), "a corgi on the beach"))?.id();
+    /// kb.add(NewPair::bytes("b.png", png(22), "a lighthouse at night"))?;
+    /// let hits = kb.search(&Query::text("corgi").k(5))?;
+    /// assert_eq!(hits.len(), 1);
+    /// assert_eq!(hits[0].id, id);
+    /// # Ok(()) }
+    /// ```
     pub fn search(&self, query: &Query) -> Result<Vec<Hit>> {
         if query.k == 0 {
             return Ok(Vec::new());
         }
         self.refresh_for(query.mode != SearchMode::Bm25)?;
-        // Fetch more than k when hits will be dropped after ranking (de-duplication, fusion).
-        let fetch = if query.dedup_entity || query.mode == SearchMode::Hybrid {
-            (query.k * 4).max(40)
-        } else {
-            query.k
-        };
-        let text = || {
-            query
-                .text
-                .as_deref()
-                .filter(|t| !t.trim().is_empty())
-                .ok_or_else(|| Error::Query(format!("`{}` search needs a query text", query.mode)))
-        };
-        let lists: Vec<(Retriever, f32, Ranked)> = match query.mode {
-            SearchMode::Bm25 => vec![(
-                Retriever::Bm25,
-                1.0,
-                self.bm25_search(text()?, query, fetch)?,
-            )],
-            SearchMode::Clip => vec![(
-                Retriever::Clip,
-                1.0,
-                self.clip_search(text()?, query, fetch)?,
-            )],
-            SearchMode::Image => {
-                let image = query
-                    .image
-                    .as_ref()
-                    .ok_or_else(|| Error::Query("`image` search needs a query image".into()))?;
-                vec![(
-                    Retriever::Image,
-                    1.0,
-                    self.image_search(image, query, fetch)?,
-                )]
-            }
-            SearchMode::Hybrid => vec![
-                (
-                    Retriever::Bm25,
-                    query.weights.bm25,
-                    self.bm25_search(text()?, query, fetch)?,
-                ),
-                (
-                    Retriever::Clip,
-                    query.weights.clip,
-                    self.clip_search(text()?, query, fetch)?,
-                ),
-            ],
-        };
-        let ranked: Vec<(ImageId, f32, Vec<search::Provenance>)> = if lists.len() == 1 {
-            let (retriever, _, list) = &lists[0];
-            list.iter()
-                .enumerate()
-                .map(|(i, (id, s))| {
-                    (
-                        *id,
-                        *s,
-                        vec![search::Provenance {
-                            retriever: *retriever,
-                            rank: i + 1,
-                            score: *s,
-                        }],
-                    )
-                })
-                .collect()
-        } else {
-            search::fuse(&lists, query.weights.rrf_k)
-        };
-        let rtxn = self.store.read()?;
-        let mut seen_entities = HashSet::new();
-        let mut hits = Vec::with_capacity(query.k);
-        for (id, score, provenance) in ranked {
-            let Some(record) = self.store.pair(&rtxn, &id)? else {
-                continue;
-            };
-            if query.dedup_entity
-                && let Some(entity) = &record.entity
-                && !seen_entities.insert(entity.to_lowercase())
-            {
-                continue;
-            }
-            let paths = self.store.paths_of(&rtxn, &id)?;
-            hits.push(Hit {
-                id,
-                caption: record.caption,
-                entity: record.entity,
-                tags: record.tags,
-                paths,
-                score,
-                provenance,
-            });
-            if hits.len() == query.k {
-                break;
-            }
+        let embedder = |mode: SearchMode| self.embedder_for(mode).cloned();
+        Retrievers {
+            store: &self.store,
+            text: &self.indices.text,
+            image: &self.indices.image,
+            limits: &self.limits,
+            embedder: &embedder,
         }
-        Ok(hits)
+        .search(query)
     }
 
+    /// What preparing pairs for the writer needs of this KB.
+    fn preparation(&self) -> Preparation<'_> {
+        Preparation {
+            rules: &self.captions,
+            limits: &self.limits,
+            embedder: self.embedder.as_deref(),
+        }
+    }
+
+    /// The embedder a query of `mode` uses; refused while the stored vectors come from another
+    /// model (invariant 14 of ARCHITECTURE.md: one model's vectors at a time).
     fn embedder_for(&self, mode: SearchMode) -> Result<&Arc<dyn Embedder>> {
         let embedder = self
             .embedder
@@ -1399,6 +1291,15 @@ impl KnowledgeBase {
 
     /// The embedder id the stored vectors come from, when the configured model is another one
     /// (the KB then needs [`KnowledgeBase::reembed`] before CLIP search works again).
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// assert_eq!(kb.stale_embeddings(), None);
+    /// # Ok(()) }
+    /// ```
     pub fn stale_embeddings(&self) -> Option<String> {
         self.stale_embeddings
             .lock()
@@ -1414,6 +1315,16 @@ impl KnowledgeBase {
     /// # Errors
     /// No embedder, or a store failure. A pair whose image no longer decodes or embeds is listed
     /// in the report instead.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// // Re-embedding needs an embedder (`Builder::embedder` or `embedder_model` in kb.toml).
+    /// assert!(kb.reembed(&|_progress| {}).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn reembed(&self, progress: &dyn Fn(Progress)) -> Result<ReembedReport> {
         let embedder = self
             .embedder
@@ -1497,105 +1408,18 @@ impl KnowledgeBase {
         Ok(report)
     }
 
-    fn bm25_search(&self, text: &str, query: &Query, fetch: usize) -> Result<Ranked> {
-        let found = self.indices.text.search(text, &query.filters, fetch)?;
-        let rtxn = self.store.read()?;
-        let mut out = Vec::with_capacity(found.len());
-        for (doc, score) in found {
-            if let Some(id) = self.store.id_of_doc(&rtxn, doc)? {
-                out.push((id, score));
-            }
-        }
-        Ok(out)
-    }
-
-    fn clip_search(&self, text: &str, query: &Query, fetch: usize) -> Result<Ranked> {
-        let vector = self.embedder_for(query.mode)?.embed_text(text)?;
-        self.vector_search(&self.indices.image, &vector, true, query, fetch)
-    }
-
-    fn image_search(&self, image: &QueryImage, query: &Query, fetch: usize) -> Result<Ranked> {
-        let embedder = self.embedder_for(query.mode)?;
-        let vector = match image {
-            QueryImage::File(path) => {
-                embedder.embed_image(&ingest::read_image_file(path, &self.limits)?.image)?
-            }
-            QueryImage::Pair(id) => {
-                let rtxn = self.store.read()?;
-                match self.store.embedding(&rtxn, id, EmbeddingKind::Image)? {
-                    Some(v) => v,
-                    None => return Err(Error::NotFound(id.to_hex())),
-                }
-            }
-        };
-        self.vector_search(&self.indices.image, &vector, false, query, fetch)
-    }
-
-    fn vector_search(
-        &self,
-        index: &VectorIndex,
-        vector: &[f32],
-        cross: bool,
-        query: &Query,
-        fetch: usize,
-    ) -> Result<Ranked> {
-        let rtxn = self.store.read()?;
-        let found = if query.filters.is_empty() {
-            index.search(vector, fetch, cross, &|_| true)
-        } else {
-            // The filter's pairs come from the BM25 index's exact fields. A few of them are
-            // scored exactly; the graph walk would pass through most of the graph to find them.
-            let allowed = self.indices.text.filtered_docs(&query.filters)?;
-            if allowed.len() <= EXACT_SEARCH_LIMIT {
-                self.exact_search(&rtxn, index.kind(), vector, &allowed, fetch)?
-            } else {
-                let allowed: HashSet<u64> = allowed.into_iter().collect();
-                index.search(vector, fetch, cross, &|doc| allowed.contains(&doc))
-            }
-        };
-        let floor = query.min_similarity.unwrap_or(f32::NEG_INFINITY);
-        let mut out = Vec::with_capacity(found.len());
-        for (doc, similarity) in found {
-            if similarity < floor {
-                continue;
-            }
-            if let Some(id) = self.store.id_of_doc(&rtxn, doc)? {
-                out.push((id, similarity));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The `k` best of `docs` by cosine similarity to `vector`, computed from the embeddings in
-    /// the store, as (doc, similarity), best first.
-    fn exact_search(
-        &self,
-        rtxn: &heed::RoTxn,
-        kind: EmbeddingKind,
-        vector: &[f32],
-        docs: &[u64],
-        k: usize,
-    ) -> Result<Vec<(u64, f32)>> {
-        let mut q = vector.to_vec();
-        crate::embed::normalize(&mut q);
-        let mut scored = Vec::with_capacity(docs.len());
-        for &doc in docs {
-            let Some(id) = self.store.id_of_doc(rtxn, doc)? else {
-                continue;
-            };
-            if let Some(mut v) = self.store.embedding(rtxn, &id, kind)?
-                && v.len() == q.len()
-            {
-                crate::embed::normalize(&mut v);
-                scored.push((doc, crate::vector::dot(&q, &v)));
-            }
-        }
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored.truncate(k);
-        Ok(scored)
-    }
-
     /// Counts and sizes.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// kb.add(reimagen::NewPair::bytes("a.png", png(23), "a pair").entity("squares"))?;
+    /// let stats = kb.stats()?;
+    /// assert_eq!((stats.pairs, stats.entities), (1, 1));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Result<Stats> {
         self.refresh()?;
         let rtxn = self.store.read()?;
@@ -1620,91 +1444,40 @@ impl KnowledgeBase {
         })
     }
 
-    /// Verifies that the indices hold exactly what the store holds.
+    /// Verifies that the indices hold exactly what the store holds (invariant 1 of
+    /// ARCHITECTURE.md: the store is the truth, the indices are compared to it).
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// kb.add(reimagen::NewPair::bytes("a.png", png(24), "a pair"))?;
+    /// let report = kb.check()?;
+    /// assert!(report.is_consistent(), "{:?}", report.problems);
+    /// # Ok(()) }
+    /// ```
     pub fn check(&self) -> Result<CheckReport> {
         // Let queued writes land first, so the check sees one state.
         match &self.writer {
             Some(writer) => writer.with_sink(|_, _| ())?,
             None => self.refresh()?,
         }
-        let rtxn = self.store.read()?;
-        let last_seq = self.store.last_seq(&rtxn)?;
-        let pairs = self.store.all_pairs(&rtxn)?;
-        let mut report = CheckReport {
-            pairs: pairs.len() as u64,
-            problems: Vec::new(),
-        };
-        let store_ids: Vec<ImageId> = pairs.iter().map(|p| p.id).collect();
-        for pair in &pairs {
-            if self.store.id_of_doc(&rtxn, pair.doc)? != Some(pair.id) {
-                report.problems.push(format!(
-                    "pair {} has doc {} but the docs table disagrees",
-                    pair.id.short(),
-                    pair.doc
-                ));
-            }
-            if self.store.image_bytes(&rtxn, &pair.id)?.is_none() {
-                report
-                    .problems
-                    .push(format!("pair {} has no image bytes", pair.id.short()));
-            }
-        }
-        let text_ids = self.indices.text.all_ids()?;
-        if text_ids != store_ids {
-            let missing = store_ids
-                .iter()
-                .filter(|id| text_ids.binary_search(id).is_err())
-                .count();
-            let extra = text_ids
-                .iter()
-                .filter(|id| store_ids.binary_search(id).is_err())
-                .count();
-            report.problems.push(format!(
-                "text index holds {} documents for {} pairs ({missing} missing, {extra} extra or duplicated)",
-                text_ids.len(),
-                store_ids.len()
-            ));
-        }
-        let text_seq = self.indices.text.applied_seq()?;
-        if text_seq != last_seq {
-            report.problems.push(format!(
-                "text index is at sequence {text_seq}, store at {last_seq}"
-            ));
-        }
-        for (name, index, kind) in [
-            ("image", &self.indices.image, EmbeddingKind::Image),
-            (
-                "text-vector",
-                &self.indices.text_vectors,
-                EmbeddingKind::Text,
-            ),
-        ] {
-            let mut expected = Vec::new();
-            for pair in &pairs {
-                if self.store.embedding(&rtxn, &pair.id, kind)?.is_some() {
-                    expected.push(pair.doc);
-                }
-            }
-            expected.sort_unstable();
-            let live = index.live_docs();
-            if live != expected {
-                report.problems.push(format!(
-                    "{name} index has {} live points, store has {} embeddings",
-                    live.len(),
-                    expected.len()
-                ));
-            }
-            let seq = index.counts().seq;
-            if seq != last_seq {
-                report.problems.push(format!(
-                    "{name} index is at sequence {seq}, store at {last_seq}"
-                ));
-            }
-        }
-        Ok(report)
+        self.indices.check(&self.store)
     }
 
     /// Rebuilds every index from the store.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// kb.add(reimagen::NewPair::bytes("a.png", png(25), "a pair"))?;
+    /// kb.rebuild_indices()?;
+    /// assert_eq!(kb.search(&reimagen::Query::text("pair"))?.len(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn rebuild_indices(&self) -> Result<()> {
         self.writer()?.with_sink({
             let indices = self.indices.clone();
@@ -1713,6 +1486,16 @@ impl KnowledgeBase {
     }
 
     /// Saves the vector indices now (they are also saved on drop and every few thousand changes).
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// kb.add(reimagen::NewPair::bytes("a.png", png(26), "a pair"))?;
+    /// kb.flush()?;
+    /// # Ok(()) }
+    /// ```
     pub fn flush(&self) -> Result<()> {
         self.writer()?.with_sink({
             let indices = self.indices.clone();
@@ -1722,6 +1505,18 @@ impl KnowledgeBase {
 
     /// Writes a compacted copy of the store and the KB's `kb.toml` into `dest`, which must not
     /// exist or be empty. The copy opens as a KB; its indices are rebuilt on first open.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let kb = reimagen::KnowledgeBase::create(dir.path().join("kb"))?;
+    /// # let png = |seed: u8| { let mut out = Vec::new(); image::RgbImage::from_pixel(2, 2, image::Rgb([seed, 0, 0])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap(); out };
+    /// kb.add(reimagen::NewPair::bytes("a.png", png(27), "a pair"))?;
+    /// let copy = dir.path().join("copy");
+    /// kb.backup(&copy)?;
+    /// assert_eq!(reimagen::KnowledgeBase::open(&copy)?.stats()?.pairs, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn backup(&self, dest: &Path) -> Result<()> {
         if dest.exists() && fs::read_dir(dest).map_err(io_err(dest))?.next().is_some() {
             return Err(Error::Config {
@@ -1734,147 +1529,6 @@ impl KnowledgeBase {
         fs::copy(&src, dest.join(CONFIG_FILE)).map_err(io_err(&src))?;
         Ok(())
     }
-}
-
-fn pair_of(r: PairRecord, paths: Vec<String>) -> Pair {
-    Pair {
-        id: r.id,
-        caption: r.caption,
-        entity: r.entity,
-        tags: r.tags,
-        width: r.width,
-        height: r.height,
-        format: r.format,
-        byte_len: r.byte_len,
-        added_at: r.added_at,
-        paths,
-    }
-}
-
-/// The path record of a file: its absolute path (UTF-8 only), size and mtime.
-pub(crate) fn path_record(path: &Path, id: ImageId) -> Result<PathRecord, IngestError> {
-    let read_err = |source| IngestError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let absolute = std::path::absolute(path).map_err(read_err)?;
-    let text = absolute.to_str().ok_or_else(|| IngestError::NonUtf8Name {
-        path: path.to_path_buf(),
-    })?;
-    let meta = fs::metadata(path).map_err(read_err)?;
-    let mtime_ns = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    Ok(PathRecord {
-        path: text.to_string(),
-        id,
-        size: meta.len(),
-        mtime_ns,
-    })
-}
-
-fn absolute_utf8(path: &Path) -> Result<String> {
-    let text = std::path::absolute(path).map_err(io_err(path))?;
-    Ok(text
-        .to_str()
-        .ok_or_else(|| IngestError::NonUtf8Name {
-            path: path.to_path_buf(),
-        })?
-        .to_string())
-}
-
-fn absolute_lossy(path: &Path) -> Result<String> {
-    Ok(std::path::absolute(path)
-        .map_err(io_err(path))?
-        .to_string_lossy()
-        .into_owned())
-}
-
-fn quarantine_record(path: &Path, reason: &str) -> Result<QuarantineRecord> {
-    let meta = fs::symlink_metadata(path).ok();
-    Ok(QuarantineRecord {
-        path: absolute_lossy(path)?,
-        reason: reason.to_string(),
-        size: meta.as_ref().map_or(0, |m| m.len()),
-        mtime_ns: meta
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos()),
-        at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    })
-}
-
-/// Image files under `dir`, recursively; symlinks are not followed.
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let kind = entry.file_type().map_err(io_err(entry.path()))?;
-        let path = entry.path();
-        if kind.is_dir() {
-            collect_images(&path, out)?;
-        } else if kind.is_file() && ingest::is_image_path(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Embeds the images and captions of a batch of prepared pairs in one call each. When the batch
-/// call fails, each pair is embedded alone, so the error lands on the pair that caused it.
-fn embed_batch(
-    embedder: &dyn Embedder,
-    prepared: Vec<Result<(NewRecord, image::DynamicImage)>>,
-) -> Vec<Result<NewRecord>> {
-    let (mut records, mut images) = (Vec::new(), Vec::new());
-    let mut slots = Vec::with_capacity(prepared.len());
-    for p in prepared {
-        match p {
-            Ok((record, image)) => {
-                records.push(record);
-                images.push(image);
-                slots.push(None);
-            }
-            Err(e) => slots.push(Some(Err(e))),
-        }
-    }
-    let captions: Vec<&str> = records.iter().map(|r| r.pair.caption.as_str()).collect();
-    let vectors = embedder.embed_images(&images).and_then(|i| {
-        let t = embedder.embed_texts(&captions)?;
-        Ok((i, t))
-    });
-    let mut embedded: Vec<Result<NewRecord>> = match vectors {
-        Ok((image_vectors, text_vectors))
-            if image_vectors.len() == records.len() && text_vectors.len() == records.len() =>
-        {
-            records
-                .into_iter()
-                .zip(image_vectors.into_iter().zip(text_vectors))
-                .map(|(mut r, (i, t))| {
-                    r.embeddings = vec![(EmbeddingKind::Image, i), (EmbeddingKind::Text, t)];
-                    Ok(r)
-                })
-                .collect()
-        }
-        _ => records
-            .into_iter()
-            .zip(&images)
-            .map(|(mut r, image)| {
-                let i = embedder.embed_image(image)?;
-                let t = embedder.embed_text(&r.pair.caption)?;
-                r.embeddings = vec![(EmbeddingKind::Image, i), (EmbeddingKind::Text, t)];
-                Ok(r)
-            })
-            .collect(),
-    };
-    embedded.reverse();
-    slots
-        .into_iter()
-        .map(|slot| slot.unwrap_or_else(|| embedded.pop().expect("one record per slot")))
-        .collect()
 }
 
 /// The KB's configured CLIP model (`embedder_model` in kb.toml), loaded lazily, and why the

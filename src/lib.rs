@@ -28,36 +28,45 @@
 //! ```
 #![warn(missing_docs)]
 
+// The knowledge base's own modules are private: everything a user may name is in the `pub use`
+// list below, so that nothing outside the crate can reach `Store::open` or a `VectorIndex` and
+// bypass the `kb.lock` the store's safety rests on (invariant 10 of ARCHITECTURE.md).
 pub mod bench;
 pub mod dataset;
 pub mod demo;
 pub mod embed;
-pub mod error;
+mod error;
 pub mod generate;
-pub mod ingest;
-pub mod kb;
-pub mod search;
-pub mod store;
+mod ingest;
+mod kb;
+mod search;
+mod store;
 pub mod tensor;
-pub mod text;
+mod text;
 pub mod transfer;
-pub mod vector;
-pub mod watch;
+mod vector;
+mod watch;
 
 pub use embed::{ClipEmbedder, Embedder};
-pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError};
+pub use error::{Error, IndexError, IngestError, ModelError, Result, StoreError, WatchError};
 pub use generate::{
     CancelToken, GenerateError, GenerationObserver, GenerationOutput, GenerationRequest, Generator,
     Guidance, GuidanceMode, Neighbour, SamplerKind,
 };
-pub use ingest::{CaptionRules, DecodeLimits, PairText};
+pub use ingest::{
+    CaptionRules, DecodeLimits, DecodedImage, IMAGE_EXTENSIONS, ImageSource, NewPair, PairText,
+    ReadFile, caption_for_file, decode_image, is_image_path, read_image_file,
+};
 pub use kb::{
-    AddOutcome, Builder, CheckReport, EntitySummary, ImageSource, ImportReport, KbConfig,
-    KnowledgeBase, NewPair, Pair, PathOp, PathOpOutcome, Progress, ReembedReport, Stats,
+    AddOutcome, Builder, CheckReport, EntitySummary, ImportReport, KbConfig, KnowledgeBase, Pair,
+    PathOp, PathOpOutcome, Progress, ProgressFn, ReembedReport, Stats,
 };
 pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, SearchMode};
-pub use store::records::{ImageId, PathRecord, QuarantineRecord};
+pub use store::records::{EmbeddingKind, ImageId, PathRecord, QuarantineRecord};
 pub use tensor::{Device, DeviceChoice, Tensor, TensorError};
-pub use text::{Filters, TextLanguage};
-pub use vector::HnswParams;
-pub use watch::{WatchError, WatchOptions, WatchStatus, Watcher};
+pub use text::{Filters, TextLanguage, UnknownLanguage, name_key};
+pub use vector::{HnswParams, VectorCounts};
+pub use watch::{
+    DaemonState, QuarantinedFile, RootStatus, ScanReport, WatchCounters, WatchMode, WatchOptions,
+    WatchStatus, Watcher, daemon_status, open_when_free,
+};

@@ -1,4 +1,4 @@
-//! Bad input never costs data (design invariant 6): each bad file or caption gets an error that
+//! Bad input never costs data (invariant 8 of ARCHITECTURE.md): each bad file or caption gets an error that
 //! names the file and the reason, and the KB is left exactly as it was.
 
 mod common;

@@ -303,8 +303,7 @@ fn images_and_sidecars_are_in_the_layout_import_reads() {
             let centre = rgb.get_pixel(side / 2, side / 2).0;
             assert_ne!(centre, [255, 255, 255], "{rel}: the emoji is drawn");
             // The sidecar is what `import` reads.
-            let text =
-                reimagen::ingest::caption_for_file(&out.join(rel), &Default::default()).unwrap();
+            let text = reimagen::caption_for_file(&out.join(rel), &Default::default()).unwrap();
             assert_eq!(text.caption, m.caption);
             assert_eq!(text.entity.as_deref(), Some(m.entity.as_str()));
             assert_eq!(text.tags, m.tags);
@@ -452,8 +451,7 @@ fn a_caption_with_a_multibyte_character_where_a_key_would_end_is_read() {
         ),
     )
     .unwrap();
-    let text =
-        reimagen::ingest::caption_for_file(&dir.join("noto.png"), &Default::default()).unwrap();
+    let text = reimagen::caption_for_file(&dir.join("noto.png"), &Default::default()).unwrap();
     assert_eq!(text.caption, "five o’clock, noto style");
     assert_eq!(text.entity.as_deref(), Some("five o’clock"));
     assert_eq!(text.tags, ["clock"]);

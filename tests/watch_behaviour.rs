@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use image::DynamicImage;
-use reimagen::watch::{DaemonState, WatchMode, daemon_status};
+use reimagen::{DaemonState, WatchMode, daemon_status};
 use reimagen::{Embedder, KnowledgeBase, ModelError, Watcher};
 use watch_common::*;
 

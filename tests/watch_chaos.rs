@@ -41,7 +41,7 @@ fn images(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(p),
-                Ok(t) if t.is_file() && reimagen::ingest::is_image_path(&p) => out.push(p),
+                Ok(t) if t.is_file() && reimagen::is_image_path(&p) => out.push(p),
                 _ => {}
             }
         }

@@ -154,10 +154,10 @@ fn kill_9_during_first_ingest_then_restart_converges() {
     assert!(have == want, "{}", want.diff(&have));
     assert_eq!(kb.list().unwrap().len() as u64, FILES, "no duplicates");
     assert!(kb.check().unwrap().is_consistent());
-    let status = reimagen::watch::daemon_status(&kb_dir);
+    let status = reimagen::daemon_status(&kb_dir);
     drop(kb);
     assert!(status.is_err(), "the KB is open here: the status is locked");
-    let status = reimagen::watch::daemon_status(&kb_dir).unwrap();
+    let status = reimagen::daemon_status(&kb_dir).unwrap();
     assert!(!status.running);
     assert_eq!(status.items, FILES);
 }

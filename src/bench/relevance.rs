@@ -73,10 +73,20 @@ impl Default for RelevanceOptions {
 
 /// Where the benchmark looks for the data by default: `$XDG_CACHE_HOME/reimagen/npm`.
 pub fn default_data_dir() -> PathBuf {
-    dirs::cache_dir()
+    cache_dir()
         .unwrap_or_else(|| PathBuf::from("."))
         .join("reimagen")
         .join("npm")
+}
+
+/// The user's cache folder (`dirs` with the `cli` feature; without it, the XDG rule).
+fn cache_dir() -> Option<PathBuf> {
+    #[cfg(feature = "cli")]
+    return dirs::cache_dir();
+    #[cfg(not(feature = "cli"))]
+    return std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
 }
 
 /// The scores of one system on one kind of query in one language.

@@ -169,7 +169,7 @@ enum Command {
         /// The query text.
         query: String,
         /// Retrieval mode.
-        #[arg(long, value_enum, default_value_t = SearchMode::Bm25)]
+        #[arg(long, default_value_t = SearchMode::Bm25, value_parser = search_mode())]
         mode: SearchMode,
         /// Number of hits.
         #[arg(short, default_value_t = 10)]
@@ -780,7 +780,7 @@ fn open_kb(dir: &Path, reads_only: bool) -> anyhow::Result<KnowledgeBase> {
             Ok(KnowledgeBase::open_read_only(dir)?)
         }
         Err(e @ reimagen::Error::Store(reimagen::StoreError::Locked { .. })) => {
-            match reimagen::watch::daemon_status(dir) {
+            match reimagen::daemon_status(dir) {
                 Ok(status) if status.running => bail!(
                     "the watch daemon (pid {pid}) holds {dir} for writing. Put the files in one \
                      of its folders and it ingests them, or stop it (`kill {pid}`) and run this \
@@ -996,10 +996,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 tags: pair.tags,
             };
-            let untags: Vec<String> = untags.iter().map(|t| reimagen::text::name_key(t)).collect();
+            let untags: Vec<String> = untags.iter().map(|t| reimagen::name_key(t)).collect();
             let missing: Vec<&String> = untags
                 .iter()
-                .filter(|u| !text.tags.iter().any(|t| reimagen::text::name_key(t) == **u))
+                .filter(|u| !text.tags.iter().any(|t| reimagen::name_key(t) == **u))
                 .collect();
             if !missing.is_empty() {
                 bail!(
@@ -1013,12 +1013,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             text.tags
-                .retain(|t| !untags.contains(&reimagen::text::name_key(t)));
+                .retain(|t| !untags.contains(&reimagen::name_key(t)));
             for tag in tags {
                 let tag = tag.trim().to_string();
-                let key = reimagen::text::name_key(&tag);
-                if !tag.is_empty() && !text.tags.iter().any(|t| reimagen::text::name_key(t) == key)
-                {
+                let key = reimagen::name_key(&tag);
+                if !tag.is_empty() && !text.tags.iter().any(|t| reimagen::name_key(t) == key) {
                     text.tags.push(tag);
                 }
             }
@@ -1511,7 +1510,7 @@ fn watch(
     options: reimagen::WatchOptions,
 ) -> anyhow::Result<ExitCode> {
     // `reimagen status` may hold the KB for an instant: wait for it rather than fail.
-    let kb = reimagen::watch::open_when_free(dir, std::time::Duration::from_secs(10))
+    let kb = reimagen::open_when_free(dir, std::time::Duration::from_secs(10))
         .with_context(|| format!("opening knowledge base {}", dir.display()))?;
     let watcher = reimagen::Watcher::start(std::sync::Arc::new(kb), dirs, options)?;
     let bar = ProgressBar::new(0);
@@ -1539,7 +1538,7 @@ fn watch(
 }
 
 fn watch_status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let s = reimagen::watch::daemon_status(dir)?;
+    let s = reimagen::daemon_status(dir)?;
     if json {
         out!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);
@@ -1629,14 +1628,14 @@ fn add(
                 entity: None,
                 tags: Vec::new(),
             }),
-            None => reimagen::ingest::caption_for_file(image, &reimagen::CaptionRules::default()),
+            None => reimagen::caption_for_file(image, &reimagen::CaptionRules::default()),
         };
         match text {
             Ok(mut text) => {
                 if entity.is_some() {
                     text.entity = entity.clone();
                 } else if text.entity.is_none() {
-                    text.entity = reimagen::ingest::caption_for_file(image, &Default::default())
+                    text.entity = reimagen::caption_for_file(image, &Default::default())
                         .ok()
                         .and_then(|t| t.entity);
                 }
@@ -1653,6 +1652,7 @@ fn add(
         .iter()
         .map(|p| match &p.image {
             reimagen::ImageSource::File(f) => f.clone(),
+            reimagen::ImageSource::Read(read) => read.path().to_path_buf(),
             reimagen::ImageSource::Bytes { name, .. } => PathBuf::from(name),
         })
         .collect();
@@ -1738,7 +1738,7 @@ fn import(kb: &KnowledgeBase, dir: &Path, json: bool) -> anyhow::Result<ExitCode
 }
 
 /// A progress bar for an index rebuilt while the KB opens; hidden until it is needed.
-fn rebuild_progress() -> reimagen::kb::ProgressFn {
+fn rebuild_progress() -> reimagen::ProgressFn {
     let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} pairs ({per_sec})")
@@ -1903,8 +1903,7 @@ fn embed(
     let embedding = match (text, image) {
         (Some(t), _) => embedder.embed_text(&t)?,
         (None, Some(path)) => {
-            let decoded =
-                reimagen::ingest::read_image_file(&path, &reimagen::DecodeLimits::default())?;
+            let decoded = reimagen::read_image_file(&path, &reimagen::DecodeLimits::default())?;
             embedder.embed_image(&decoded.image)?
         }
         (None, None) => bail!("give --text or --image"),
@@ -2318,4 +2317,12 @@ impl reimagen::GenerationObserver for StageBars {
             bar.set_position(p.step as u64);
         }
     }
+}
+
+/// The parser of `--mode`: the library's [`SearchMode`] names, offered as the possible values
+/// (the library's types carry no clap derive).
+fn search_mode() -> impl clap::builder::TypedValueParser<Value = SearchMode> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["bm25", "clip", "image", "hybrid"])
+        .try_map(|name| name.parse::<SearchMode>())
 }

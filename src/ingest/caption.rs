@@ -61,6 +61,35 @@ pub struct PairText {
     pub tags: Vec<String>,
 }
 
+impl PairText {
+    /// The text as the KB stores it: the caption and the entity cleaned by `rules` (whitespace
+    /// collapsed, refused when empty, too long or holding control characters), tags trimmed and
+    /// empty ones dropped. `add`, `update`, the daemon and its tests all compare against this,
+    /// so it is written once here. `path` names the file (or pair) for the error.
+    pub fn normalised(&self, rules: &CaptionRules, path: &Path) -> Result<PairText, IngestError> {
+        let caption = rules.clean(&self.caption, path)?;
+        let entity = match &self.entity {
+            Some(e) => Some(rules.clean(e, path).map_err(|_| IngestError::BadCaption {
+                path: path.to_path_buf(),
+                reason: format!("the entity name `{e}` is empty or invalid"),
+            })?),
+            None => None,
+        };
+        let tags = self
+            .tags
+            .iter()
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok(PairText {
+            caption,
+            entity,
+            tags,
+        })
+    }
+}
+
 /// The sidecar caption file of an image: `NAME.txt` beside `NAME.EXT`.
 pub fn sidecar_path(image: &Path) -> PathBuf {
     image.with_extension("txt")
@@ -156,4 +185,37 @@ fn strip_key<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .get(..key.len())
         .filter(|head| head.eq_ignore_ascii_case(key))
         .map(|_| &trimmed[key.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_normalised_the_way_the_kb_stores_it() {
+        let rules = CaptionRules::default();
+        let text = PairText {
+            caption: "  a\tcorgi \n on the beach ".into(),
+            entity: Some(" Corgi  dogs ".into()),
+            tags: vec![" beach ".into(), "  ".into(), "dog".into()],
+        };
+        let clean = text.normalised(&rules, Path::new("a.png")).unwrap();
+        assert_eq!(clean.caption, "a corgi on the beach");
+        assert_eq!(clean.entity.as_deref(), Some("Corgi dogs"));
+        assert_eq!(clean.tags, ["beach", "dog"]);
+        // Normalising is idempotent: what is stored compares equal to what the rules give.
+        assert_eq!(clean.normalised(&rules, Path::new("a.png")).unwrap(), clean);
+        let bad_entity = PairText {
+            entity: Some("   ".into()),
+            ..clean
+        };
+        let err = bad_entity
+            .normalised(&rules, Path::new("a.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.png") && err.contains("entity name"),
+            "{err}"
+        );
+    }
 }

@@ -1,9 +1,11 @@
 //! Turning user files into pairs: read, decode under limits, hash, caption.
 //!
 //! Everything here is pure and runs on many threads at once (rayon); nothing here writes to the
-//! store (the writer does). The caption rules are shared by `import` and the daemon.
+//! store (the writer does). The caption rules are shared by `import` and the daemon; the
+//! preparation of whole records (text normalised, image decoded, embedded) is `prepare.rs`.
 
 pub mod caption;
+mod prepare;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -14,6 +16,10 @@ use crate::error::IngestError;
 use crate::store::records::ImageId;
 
 pub use caption::{CaptionRules, PairText, caption_for_file};
+pub use prepare::{ImageSource, NewPair, ReadFile};
+pub(crate) use prepare::{
+    Preparation, absolute_lossy, absolute_utf8, collect_images, path_record, quarantine_record,
+};
 
 /// Extensions `import` and the daemon treat as images.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "webp", "bmp"];
@@ -98,6 +104,18 @@ pub fn decode_image(
     bytes: Vec<u8>,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, IngestError> {
+    let id = ImageId::of_bytes(&bytes);
+    decode_hashed_image(name, bytes, id, limits)
+}
+
+/// [`decode_image`] for bytes whose hash `id` the caller has computed already (the daemon
+/// hashes a file to know whether the KB holds it before it asks for a decode).
+pub(crate) fn decode_hashed_image(
+    name: &Path,
+    bytes: Vec<u8>,
+    id: ImageId,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, IngestError> {
     let bad = |reason: String| IngestError::BadImage {
         path: name.to_path_buf(),
         reason,
@@ -139,7 +157,8 @@ pub fn decode_image(
     image_limits.max_alloc = Some(limits.max_alloc);
     reader.limits(image_limits);
     // Decoders fill a missing tail with grey (JPEG) or stop at the last whole frame (GIF): the
-    // format's own end marker is what tells a whole file from the start of one.
+    // format's own end marker is what tells a whole file from the start of one (invariant 9 of
+    // ARCHITECTURE.md).
     if let Some(reason) = missing_end(format, &bytes) {
         return Err(IngestError::Truncated {
             path: name.to_path_buf(),
@@ -163,7 +182,7 @@ pub fn decode_image(
         other => bad(other.to_string()),
     })?;
     Ok(DecodedImage {
-        id: ImageId::of_bytes(&bytes),
+        id,
         bytes,
         image,
         format: format

@@ -1,7 +1,9 @@
-//! Query types, hits with provenance, and reciprocal-rank fusion.
+//! Query types, hits with provenance, reciprocal-rank fusion, and (`retrieve.rs`) the
+//! retrievers that run a query over the store and the indices.
 //!
-//! The retrievers themselves are the indices (`text/`, `vector/`); the knowledge base runs them
-//! and hands their ranked lists to [`fuse`]. Nothing here touches the store.
+//! Not here: the indices themselves (`text/`, `vector/`), keeping them current (`kb.rs`).
+
+mod retrieve;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,8 +13,10 @@ use serde::Serialize;
 use crate::store::records::ImageId;
 use crate::text::Filters;
 
+pub(crate) use retrieve::Retrievers;
+
 /// How a query retrieves.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
     /// BM25 over caption, entity and tags.
@@ -24,6 +28,29 @@ pub enum SearchMode {
     Image,
     /// Reciprocal-rank fusion of BM25 and CLIP.
     Hybrid,
+}
+
+impl SearchMode {
+    /// Every mode, in the order of the command line's help (whose parser names them as
+    /// [`Display`](std::fmt::Display) writes them: `bm25`, `clip`, `image`, `hybrid`).
+    pub const ALL: [SearchMode; 4] = [
+        SearchMode::Bm25,
+        SearchMode::Clip,
+        SearchMode::Image,
+        SearchMode::Hybrid,
+    ];
+}
+
+impl std::str::FromStr for SearchMode {
+    type Err = String;
+
+    /// A mode by its name (`bm25`, `clip`, `image`, `hybrid`), as [`Display`](std::fmt::Display) writes it.
+    fn from_str(s: &str) -> Result<SearchMode, String> {
+        SearchMode::ALL
+            .into_iter()
+            .find(|m| m.to_string() == s)
+            .ok_or_else(|| format!("unknown search mode `{s}` (bm25, clip, image or hybrid)"))
+    }
 }
 
 impl std::fmt::Display for SearchMode {
@@ -270,6 +297,14 @@ mod tests {
         assert_eq!(fused[0].2.len(), 2);
         assert_eq!(fused.len(), 3);
         assert!((fused[0].1 - (1.0 / 62.0 + 1.0 / 61.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn every_mode_parses_from_its_name() {
+        for mode in SearchMode::ALL {
+            assert_eq!(mode.to_string().parse::<SearchMode>(), Ok(mode));
+        }
+        assert!("bm-25".parse::<SearchMode>().unwrap_err().contains("bm-25"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The LMDB store (heed): the one source of truth (design invariant 1).
+//! The LMDB store (heed): the one source of truth (invariant 1 of ARCHITECTURE.md).
 //!
 //! Named databases, one typed handle each, are opened once in [`Store::open`], which also runs
 //! the schema migrations. Reads go through [`Store::read`]; every write goes through the writer
@@ -191,8 +191,9 @@ impl Store {
             source,
         };
         // SAFETY: the environment is opened once per KB directory in this process (the KB holds an
-        // exclusive lock file), the directory is a local one we own, and nothing else maps
-        // data.mdb with different options.
+        // exclusive lock file, invariant 10 of ARCHITECTURE.md; this module is private to the
+        // crate, so only `KnowledgeBase` gets here), the directory is a local one we own, and
+        // nothing else maps data.mdb with different options.
         let env = unsafe {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
@@ -317,7 +318,8 @@ impl Store {
         {
             let _exclusive = self.resize_lock.write().unwrap_or_else(|e| e.into_inner());
             // SAFETY: the exclusive lock waits for this process's transactions to end and keeps
-            // new ones from starting; 0 means "the size the file's meta page records".
+            // new ones from starting; 0 means "the size the file's meta page records"
+            // (invariant 3 of ARCHITECTURE.md).
             unsafe { self.env.resize(0) }.map_err(|e| self.lmdb_err(e))?;
         }
         let guard = self.resize_lock.read().unwrap_or_else(|e| e.into_inner());
@@ -439,18 +441,6 @@ impl Store {
                 .map_err(|e| self.decode_err(db_name::QUARANTINE, "?".into(), e))
         })
         .collect()
-    }
-
-    /// The quarantine record of a path, if it is quarantined.
-    pub fn quarantine_record(
-        &self,
-        rtxn: &RoTxn,
-        path: &str,
-    ) -> Result<Option<QuarantineRecord>, StoreError> {
-        self.tables
-            .quarantine
-            .get(rtxn, &records::path_key(path))
-            .map_err(|e| self.lmdb_err(e))
     }
 
     /// An embedding of a pair.

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use heed::{BoxedError, BytesDecode, BytesEncode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-/// A pair's identity: the blake3 hash of its image bytes (design invariant 4).
+/// A pair's identity: the blake3 hash of its image bytes (invariant 4 of ARCHITECTURE.md).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ImageId(pub [u8; 32]);
 

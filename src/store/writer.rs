@@ -1,4 +1,4 @@
-//! The one writer (design invariant 3): a dedicated thread owns every LMDB write transaction.
+//! The one writer (invariant 2 of ARCHITECTURE.md): a dedicated thread owns every LMDB write transaction.
 //!
 //! Callers send [`WriteOp`]s over a channel and wait for the outcome. The thread drains what is
 //! queued into one transaction (one commit for many adds), appends one change-log entry per

@@ -1,4 +1,4 @@
-//! The BM25 index over caption, entity and tags (tantivy). Derived from the store (invariant 2):
+//! The BM25 index over caption, entity and tags (tantivy). Derived from the store (invariant 1 of ARCHITECTURE.md):
 //! it records the last change-log sequence it applied, its analyzer version and language in its
 //! commit payload, replays the gap on open, and is wiped and rebuilt when it cannot be opened or
 //! was analyzed differently.
@@ -382,11 +382,6 @@ impl TextIndex {
                 analyzer: ANALYZER_VERSION,
                 language: None,
             }))
-    }
-
-    /// The language this index stems for.
-    pub fn language(&self) -> TextLanguage {
-        self.language
     }
 
     /// The last change-log sequence this index applied.

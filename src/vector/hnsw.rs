@@ -162,11 +162,6 @@ impl Graph {
         self.docs.len()
     }
 
-    /// Whether the graph has no points.
-    pub fn is_empty(&self) -> bool {
-        self.docs.is_empty()
-    }
-
     /// The dimension of every point.
     pub fn dim(&self) -> usize {
         self.dim

@@ -1,4 +1,4 @@
-//! HNSW indices over image and text embeddings. Derived from the store (invariant 2).
+//! HNSW indices over image and text embeddings. Derived from the store (invariant 1 of ARCHITECTURE.md).
 //!
 //! The graph ([`hnsw::Graph`]) is kept in flat arrays. It has no delete: a removed or updated
 //! pair's old point stays in the graph (it still helps the walk) and its doc number goes into a
@@ -6,6 +6,7 @@
 //! the points, the graph is rebuilt from the store at the next dump. A dump goes to a fresh
 //! directory, is fsynced and checksummed, and only then is the manifest that names it replaced
 //! (atomically). On open the checksums are verified and the graph file is checked link by link
+//! (invariant 6 of ARCHITECTURE.md)
 //! before it is used, and the change log is replayed from the manifest's sequence.
 
 mod hnsw;

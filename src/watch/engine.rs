@@ -23,10 +23,10 @@ use rayon::prelude::*;
 use super::events::{self, HintSink, Hints, WatchRefusal};
 use super::scan::{self, Fingerprint};
 use super::status::{DaemonState, QuarantinedFile, ScanReport, WatchStatus, unix_now};
-use super::{Shared, WatchError, WatchMode, WatchOptions};
-use crate::error::{Error, IngestError, Result};
+use super::{Shared, WatchMode, WatchOptions};
+use crate::error::{Error, IngestError, Result, WatchError};
 use crate::ingest::caption::sidecar_path;
-use crate::ingest::{CaptionRules, PairText, caption_for_file, is_image_path};
+use crate::ingest::{CaptionRules, PairText, ReadFile, caption_for_file, is_image_path};
 use crate::kb::{AddOutcome, ImageSource, KnowledgeBase, NewPair, PathOp, PathOpOutcome};
 use crate::store::records::{ImageId, QuarantineRecord};
 
@@ -255,35 +255,20 @@ fn caption_of(image: &Path, rules: &CaptionRules) -> std::result::Result<PairTex
             sidecar.display()
         ));
     }
-    let text = caption_for_file(image, rules).map_err(|e| e.to_string())?;
-    let entity = match text.entity {
-        Some(e) => Some(rules.clean(&e, image).map_err(|_| {
-            format!(
-                "{}: bad caption: the entity name `{e}` is empty or invalid",
-                image.display()
-            )
-        })?),
-        None => None,
-    };
-    Ok(PairText {
-        caption: text.caption,
-        entity,
-        tags: text
-            .tags
-            .iter()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect(),
-    })
+    caption_for_file(image, rules)
+        .and_then(|text| text.normalised(rules, image))
+        .map_err(|e| e.to_string())
 }
 
 /// A file after the parallel part of ingest (caption, read, hash).
 enum Prepared {
+    /// Read whole and unchanged meanwhile: its bytes go to the KB as they are, not read again.
     Hashed {
         path: PathBuf,
         fp: Fingerprint,
         text: PairText,
         id: ImageId,
+        bytes: Vec<u8>,
     },
     /// Over the size limit: the KB refuses it with the proper error, without reading it.
     Oversized {
@@ -327,6 +312,7 @@ fn prepare(path: &Path, fp: Fingerprint, rules: &CaptionRules, max_bytes: u64) -
     match Fingerprint::of_path(&path) {
         Ok((now, kind)) if kind.is_file() && now == fp => Prepared::Hashed {
             id: ImageId::of_bytes(&bytes),
+            bytes,
             path,
             fp,
             text,
@@ -1082,7 +1068,13 @@ impl Engine {
         let now = Instant::now();
         for p in prepared {
             match p {
-                Prepared::Hashed { path, fp, text, id } => {
+                Prepared::Hashed {
+                    path,
+                    fp,
+                    text,
+                    id,
+                    bytes,
+                } => {
                     let old = self.known.get(&path).copied();
                     if old.is_some_and(|k| k.id == id) {
                         if old.is_some_and(|k| k.fp != fp) {
@@ -1097,7 +1089,13 @@ impl Engine {
                         orphans.extend(old.map(|k| k.id));
                         new_meta.push((path.clone(), Some(fp), old.map(|k| k.id)));
                         new_pairs.push(NewPair {
-                            image: ImageSource::File(path),
+                            image: ImageSource::Read(ReadFile::new(
+                                path,
+                                bytes,
+                                id,
+                                fp.size,
+                                fp.mtime_ns,
+                            )),
                             text,
                         });
                     }

@@ -11,8 +11,8 @@
 //! - Every KB write goes through [`KnowledgeBase::add_many`] and
 //!   [`KnowledgeBase::apply_path_ops`], so one writer commits whole batches.
 //!
-//! Nothing here writes into a watched folder, and links are never followed (design
-//! invariant 7). The KB directory may not lie inside a watched folder.
+//! Nothing here writes into a watched folder, and links are never followed (invariant 15 of
+//! ARCHITECTURE.md). The KB directory may not lie inside a watched folder.
 
 mod engine;
 mod events;
@@ -30,52 +30,8 @@ pub use status::{
     WatchStatus, daemon_status,
 };
 
-use crate::error::Result;
+use crate::error::{Result, WatchError};
 use crate::kb::KnowledgeBase;
-
-/// Errors of the folder-watching daemon.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WatchError {
-    /// A folder given to watch cannot be watched.
-    #[error("{path}: cannot watch this folder: {reason}")]
-    BadRoot {
-        /// The folder as given.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// The OS file watcher could not be started.
-    #[error("{path}: cannot start the file watcher: {reason}")]
-    Notify {
-        /// The folder.
-        path: PathBuf,
-        /// What the OS said.
-        reason: String,
-    },
-    /// The daemon's thread or runtime failed.
-    #[error("the watch daemon failed: {reason}")]
-    Daemon {
-        /// What went wrong.
-        reason: String,
-    },
-    /// The status file cannot be read.
-    #[error("{path}: unreadable daemon status file: {reason}")]
-    StatusFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// The KB is locked by a process that is not a watch daemon (or one that left no status).
-    #[error(
-        "knowledge base {path} is in use by another process that is not a running watch daemon"
-    )]
-    LockedByOther {
-        /// The KB directory.
-        path: PathBuf,
-    },
-}
 
 /// Options of the daemon. Get one from [`WatchOptions::default`].
 ///
@@ -233,7 +189,7 @@ impl Watcher {
     /// use std::sync::Arc;
     /// use std::time::Duration;
     /// use reimagen::KnowledgeBase;
-    /// use reimagen::watch::{WatchOptions, Watcher};
+    /// use reimagen::{WatchOptions, Watcher};
     ///
     /// # fn main() -> reimagen::Result<()> {
     /// let tmp = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::WatchError;
+use crate::error::WatchError;
 use crate::error::{Error, Result, StoreError};
 use crate::kb::KnowledgeBase;
 

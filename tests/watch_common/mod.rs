@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use image::{ImageFormat, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reimagen::ingest::{caption_for_file, is_image_path, read_image_file};
 use reimagen::{CaptionRules, DecodeLimits, ImageId, KnowledgeBase, PairText, WatchOptions};
+use reimagen::{caption_for_file, is_image_path, read_image_file};
 
 /// Logs the daemon to stderr when `REIMAGEN_LOG` is set (for debugging a failure).
 pub fn init_logs() {
@@ -107,20 +107,7 @@ impl State {
 }
 
 fn normalise(text: PairText, rules: &CaptionRules, path: &Path) -> Option<PairText> {
-    let entity = match text.entity {
-        Some(e) => Some(rules.clean(&e, path).ok()?),
-        None => None,
-    };
-    Some(PairText {
-        caption: text.caption,
-        entity,
-        tags: text
-            .tags
-            .iter()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect(),
-    })
+    text.normalised(rules, path).ok()
 }
 
 /// The state the KB should reach for the folder `root`: every regular image file that decodes
