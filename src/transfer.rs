@@ -147,7 +147,7 @@ pub fn import_jsonl(
             continue;
         }
         match prepare_line(kb, raw) {
-            Ok(Prepared::New(pair, id)) => pending.push((number, pair, id)),
+            Ok(Prepared::New(pair, id)) => pending.push((number, *pair, id)),
             Ok(Prepared::Updated) => report.updated += 1,
             Ok(Prepared::Unchanged) => report.unchanged += 1,
             Err(reason) => report.failed.push((number, reason)),
@@ -166,7 +166,7 @@ pub fn import_jsonl(
 }
 
 enum Prepared {
-    New(NewPair, ImageId),
+    New(Box<NewPair>, ImageId),
     Updated,
     Unchanged,
 }
@@ -198,10 +198,10 @@ fn prepare_line(kb: &KnowledgeBase, raw: &str) -> std::result::Result<Prepared, 
         };
         if ImageId::of_bytes(&bytes) == id {
             return Ok(Prepared::New(
-                NewPair {
+                Box::new(NewPair {
                     image: crate::kb::ImageSource::File(candidate.into()),
                     text,
-                },
+                }),
                 id,
             ));
         }
