@@ -56,11 +56,12 @@ def data_summary(data: pathlib.Path) -> dict:
             "styles": styles}
 
 
-def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str) -> str:
+def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: str) -> str:
     when = datetime.date.today().isoformat()
     lines = [
         "# reimagen generator (small, CPU-trained, on multi-style emoji)",
         "",
+        *([f"**{note}**", ""] if note else []),
         "The project's own Re-Imagen cascade (docs/generator.md): "
         + " → ".join(f"{s['cfg'].sample_size}×{s['cfg'].sample_size}" for s in stages)
         + ". Each stage is a retrieval-conditioned UNet: the noisy image cross-attends to the "
@@ -148,6 +149,7 @@ def main() -> None:
     ap.add_argument("--clip-rel", default="../../clip")
     ap.add_argument("--trained-on", default="the CPU (2 threads, PyTorch, f32)",
                     help="the hardware line of the model card")
+    ap.add_argument("--note", default="", help="a status line under the card's title")
     args = ap.parse_args()
 
     stages = []
@@ -175,7 +177,7 @@ def main() -> None:
     write_cascade(args.out, [{"name": s["name"], "path": s["name"],
                               "resolution": s["cfg"].sample_size} for s in stages])
     (args.out / "README.md").write_text(card(stages, data_summary(args.data), args.clip_rel,
-                                               args.trained_on))
+                                               args.trained_on, args.note))
     print(f"shipped {len(stages)} stage(s) to {args.out}")
 
 
