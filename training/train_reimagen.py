@@ -4,6 +4,7 @@
     python training/train_reimagen.py train --data ~/.local/share/reimagen/emoji --clip models/clip \
         --config training/reimagen/configs/base32_cpu.json --out runs/base32
     python training/train_reimagen.py train ... --resume          # continue from runs/X/checkpoint.pt
+    python training/train_reimagen.py train ... --init-from models/reimagen/base   # warm start
     python training/train_reimagen.py bench --data D --clip C --config CFG --seconds 60
     python training/train_reimagen.py export --run runs/base32 --out models/reimagen/base
     python training/train_reimagen.py fake-data --out /tmp/fake-emoji   # a tiny dataset for tests
@@ -20,6 +21,9 @@ What a run does, the paper's way (design.md §2, §6; issue 10 §3):
   timesteps and noise every time) and the **neighbour gap** = without − with;
 - checkpoints (atomic) every `checkpoint_every_s` seconds and at the end: resumable; SIGTERM or
   Ctrl-C ends the run after the current step, as reaching its limit does;
+- or a warm start from an exported stage folder (`--init-from`, the committed resume point when
+  the run folder is gone): model and EMA from its f16 weights, a fresh optimiser with a new
+  warm-up, the step and sample counts carried on from its training.json;
 - a loss-curve PNG and a JSONL log in the run folder; export of the EMA weights through
   reimagen.export (f16 shards ≤ 15 MB).
 
@@ -46,7 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from reimagen.export import export_stage  # noqa: E402
+from reimagen.export import export_stage, load_stage  # noqa: E402
 from reimagen.model import ReImagenUNet, UNetConfig, count_parameters  # noqa: E402
 from reimagen.schedule import Schedule  # noqa: E402
 from reimagen.text import TextEncoder  # noqa: E402
@@ -321,6 +325,33 @@ def build(args, log=print):
     return cfg, train, doc, enc
 
 
+def init_from(folder: pathlib.Path, cfg: UNetConfig, model, ema, device) -> dict:
+    """Warm start from an exported stage folder: its weights (f16 → f32) into the model and the
+    EMA, the counts of its training.json carried on, the optimiser fresh (a new warm-up starts at
+    `opt_step0`). The folder's model config must equal the run's, but for the text encoder path
+    and the dtype, which export rewrites."""
+    try:
+        loaded = load_stage(folder)
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--init-from {folder}: {e}")
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("text_encoder", "dtype")}
+    theirs = {k: v for k, v in loaded.cfg.to_dict().items() if k not in ("text_encoder", "dtype")}
+    if mine != theirs:
+        diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        raise SystemExit(f"--init-from {folder}: its config differs from the run's in {diff}")
+    model.load_state_dict(loaded.state_dict())
+    ema.load_state_dict(loaded.state_dict())
+    model.to(device)
+    ema.to(device)
+    record = folder / "training.json"
+    prior = json.loads(record.read_text()) if record.exists() else {}
+    step = int(prior.get("steps", 0))
+    return {"step": step, "samples": int(prior.get("samples", 0)),
+            "elapsed": float(prior.get("elapsed_s", 0.0)), "history": [],
+            "evals": list(prior.get("evals", [])), "opt_step0": step,
+            "init_from": {"folder": str(folder), **{k: prior.get(k) for k in ("steps", "samples")}}}
+
+
 def save_checkpoint(path: pathlib.Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -386,6 +417,11 @@ def train(args) -> None:
         torch.set_rng_state(saved["rng"]["torch"])
         random.setstate(saved["rng"]["python"])
         log(f"resumed at step {state['step']} ({state['samples']} samples)")
+    elif args.init_from:
+        state = init_from(pathlib.Path(args.init_from), cfg, model, ema, device)
+        torch.manual_seed(args.seed + state["step"])
+        random.seed(args.seed + state["step"])
+        log(f"warm start from {args.init_from} at step {state['step']} ({state['samples']} samples)")
     else:
         torch.manual_seed(args.seed)
         random.seed(args.seed)
@@ -426,6 +462,7 @@ def train(args) -> None:
     start = time.time()
     last_ckpt = start
     started_elapsed = state["elapsed"]
+    started_samples = state["samples"]
     next_eval = (state["samples"] // tr["eval_every_samples"] + 1) * tr["eval_every_samples"]
     loss_ema = state["history"][-1]["loss_ema"] if state["history"] else None
     model.train()
@@ -450,7 +487,7 @@ def train(args) -> None:
         if cfg.is_super_resolution and cfg.noise_aug_max > 0:
             aug = torch.randint(cfg.noise_aug_max, (bs,), device=device)
             aug_noise = torch.randn_like(b["low"])
-        lr = tr["lr"] * min(1.0, (state["step"] + 1) / tr["warmup_steps"])
+        lr = tr["lr"] * min(1.0, (state["step"] - state.get("opt_step0", 0) + 1) / tr["warmup_steps"])
         for group in opt.param_groups:
             group["lr"] = lr
         with autocast:
@@ -476,7 +513,8 @@ def train(args) -> None:
             logf.write(json.dumps(rec) + "\n")
         if state["step"] % 50 == 0:
             log(f"step {state['step']}  samples {state['samples']}  loss {loss_ema:.4f}  "
-                f"{state['samples'] / max(state['elapsed'], 1e-9):.1f} samples/s")
+                f"{(state['samples'] - started_samples) / max(time.time() - start, 1e-9):.1f} "
+                f"samples/s")
         if state["samples"] >= next_eval:
             evaluate()
             next_eval += tr["eval_every_samples"]
@@ -683,6 +721,9 @@ def main() -> None:
             p.add_argument("--clip", required=True, help="the CLIP folder (text tower, frozen)")
             p.add_argument("--out", required=True, help="the run folder")
             p.add_argument("--resume", action="store_true")
+            p.add_argument("--init-from", metavar="STAGE_DIR",
+                           help="warm start from an exported stage folder (when there is no "
+                                "checkpoint to --resume from)")
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--max-samples", type=int, default=0)
             p.add_argument("--minutes", type=float, default=0)
