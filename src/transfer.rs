@@ -193,13 +193,25 @@ fn prepare_line(kb: &KnowledgeBase, raw: &str) -> std::result::Result<Prepared, 
         return Ok(Prepared::Updated);
     }
     for candidate in &line.paths {
+        // Size and mtime from before the read, as for any file the KB reads; the bytes read and
+        // hashed here are the ones decoded and stored, not read a second time.
+        let Ok(before) = crate::ingest::path_record(candidate.as_ref(), id) else {
+            continue;
+        };
         let Ok(bytes) = std::fs::read(candidate) else {
             continue;
         };
         if ImageId::of_bytes(&bytes) == id {
+            let read = crate::ingest::ReadFile::new(
+                candidate.into(),
+                bytes,
+                id,
+                before.size,
+                before.mtime_ns,
+            );
             return Ok(Prepared::New(
                 Box::new(NewPair {
-                    image: crate::kb::ImageSource::File(candidate.into()),
+                    image: crate::kb::ImageSource::Read(read),
                     text,
                 }),
                 id,

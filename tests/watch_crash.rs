@@ -20,6 +20,14 @@ fn reimagen(kb: &Path) -> Command {
     c
 }
 
+/// A fresh KB without models (the daemon here ingests by BM25 only) at `dir/kb`.
+fn init_kb(dir: &Path) -> std::path::PathBuf {
+    let kb = dir.join("kb");
+    let status = reimagen(&kb).args(["init", "--no-models"]).status();
+    assert!(status.unwrap().success(), "reimagen init failed");
+    kb
+}
+
 fn start_daemon(kb: &Path, root: &Path) -> Child {
     reimagen(kb)
         .args(["watch", "--delete-grace", "0s"])
@@ -62,14 +70,7 @@ fn sigterm(child: &Child) {
 fn sigterm_during_first_ingest_stops_after_the_batch_and_exits_0() {
     let tmp = tempfile::tempdir().unwrap();
     let root = make_folder(&tmp.path().join("photos"));
-    let kb_dir = tmp.path().join("kb");
-    assert!(
-        reimagen(&kb_dir)
-            .args(["init", "--no-models"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let kb_dir = init_kb(tmp.path());
     let data = kb_dir.join("store/data.mdb");
     let size = || std::fs::metadata(&data).map_or(0, |m| m.len());
     let initial = size();
@@ -102,14 +103,7 @@ fn sigterm_during_first_ingest_stops_after_the_batch_and_exits_0() {
 fn kill_9_during_first_ingest_then_restart_converges() {
     let tmp = tempfile::tempdir().unwrap();
     let root = make_folder(&tmp.path().join("photos"));
-    let kb_dir = tmp.path().join("kb");
-    assert!(
-        reimagen(&kb_dir)
-            .args(["init", "--no-models"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let kb_dir = init_kb(tmp.path());
     let data = kb_dir.join("store/data.mdb");
     let size = || std::fs::metadata(&data).map_or(0, |m| m.len());
     let initial = size();

@@ -844,10 +844,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let existed = dir.join("kb.toml").exists();
         // A new KB gets the shipped models unless told otherwise; an existing one keeps its own.
         let defaults = !no_models && !existed;
-        let embedder =
-            embedder.or_else(|| defaults.then(|| shipped_model("models/clip")).flatten());
-        let generator =
-            generator.or_else(|| defaults.then(|| shipped_model("models/reimagen")).flatten());
+        let embedder = embedder.or_else(|| {
+            defaults
+                .then(|| shipped_model("models/clip", "config.json"))
+                .flatten()
+        });
+        let generator = generator.or_else(|| {
+            defaults
+                .then(|| shipped_model("models/reimagen", "cascade.json"))
+                .flatten()
+        });
         let mut builder = KnowledgeBase::builder(&dir)
             .create(true)
             .progress(rebuild_progress());
@@ -2108,14 +2114,10 @@ fn shipped(relative: &str) -> PathBuf {
     }
 }
 
-/// A shipped model folder (`models/clip`, `models/reimagen`) when this checkout has it.
-fn shipped_model(relative: &str) -> Option<PathBuf> {
+/// A shipped model folder (`models/clip`, `models/reimagen`) when this checkout has it: the
+/// folder holds `marker`, the file its loader reads first.
+fn shipped_model(relative: &str, marker: &str) -> Option<PathBuf> {
     let folder = shipped(relative);
-    let marker = if relative.ends_with("clip") {
-        "config.json"
-    } else {
-        "cascade.json"
-    };
     folder.join(marker).is_file().then_some(folder)
 }
 
