@@ -329,13 +329,15 @@ def init_from(folder: pathlib.Path, cfg: UNetConfig, model, ema, device) -> dict
     """Warm start from an exported stage folder: its weights (f16 → f32) into the model and the
     EMA, the counts of its training.json carried on, the optimiser fresh (a new warm-up starts at
     `opt_step0`). The folder's model config must equal the run's, but for the text encoder path
-    and the dtype, which export rewrites."""
+    and the dtype, which export rewrites, and the prediction type: the network is the same, and
+    a run may retarget its output (ε → v) and learn the new meaning from the old features."""
     try:
         loaded = load_stage(folder)
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"--init-from {folder}: {e}")
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("text_encoder", "dtype")}
-    theirs = {k: v for k, v in loaded.cfg.to_dict().items() if k not in ("text_encoder", "dtype")}
+    free = ("text_encoder", "dtype", "prediction_type")
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in free}
+    theirs = {k: v for k, v in loaded.cfg.to_dict().items() if k not in free}
     if mine != theirs:
         diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise SystemExit(f"--init-from {folder}: its config differs from the run's in {diff}")
@@ -346,10 +348,17 @@ def init_from(folder: pathlib.Path, cfg: UNetConfig, model, ema, device) -> dict
     record = folder / "training.json"
     prior = json.loads(record.read_text()) if record.exists() else {}
     step = int(prior.get("steps", 0))
+    retarget = loaded.cfg.prediction_type != cfg.prediction_type
+    if retarget:
+        print(f"--init-from {folder}: its output predicts {loaded.cfg.prediction_type}; this run "
+              f"trains it to predict {cfg.prediction_type}", flush=True)
     return {"step": step, "samples": int(prior.get("samples", 0)),
             "elapsed": float(prior.get("elapsed_s", 0.0)), "history": [],
-            "evals": list(prior.get("evals", [])), "opt_step0": step,
-            "init_from": {"folder": str(folder), **{k: prior.get(k) for k in ("steps", "samples")}}}
+            # The validation losses of another target are not comparable: a retargeted run's
+            # curve starts afresh.
+            "evals": [] if retarget else list(prior.get("evals", [])), "opt_step0": step,
+            "init_from": {"folder": str(folder), "prediction_type": loaded.cfg.prediction_type,
+                          **{k: prior.get(k) for k in ("steps", "samples")}}}
 
 
 def save_checkpoint(path: pathlib.Path, state: dict) -> None:
