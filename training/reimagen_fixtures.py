@@ -67,7 +67,7 @@ SR = UNetConfig(
     attention_levels=[1], neighbour_levels=[0], attention_head_dim=8, ff_mult=2, norm_groups=4,
     time_embed_dim=32, text_encoder="../clip", text_dim=32, text_max_length=TEXT_MAX_LENGTH,
     prediction_type="v_prediction", beta_schedule="linear", thresholding="clip",
-    noise_aug_max=250, noise_aug_level=100,
+    noise_aug_max=250, noise_aug_level=100, neighbour_positions=True,
 )
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
 import pathlib
 import shutil
 import sys

@@ -329,13 +329,14 @@ def init_from(folder: pathlib.Path, cfg: UNetConfig, model, ema, device) -> dict
     """Warm start from an exported stage folder: its weights (f16 → f32) into the model and the
     EMA, the counts of its training.json carried on, the optimiser fresh (a new warm-up starts at
     `opt_step0`). The folder's model config must equal the run's, but for the text encoder path
-    and the dtype, which export rewrites, and the prediction type: the network is the same, and
-    a run may retarget its output (ε → v) and learn the new meaning from the old features."""
+    and the dtype, which export rewrites, the prediction type and the neighbour position code:
+    the weights are the same set, and a run may retarget its output (ε → v) or give its
+    neighbour attention positions, and learn the new meaning from the old features."""
     try:
         loaded = load_stage(folder)
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"--init-from {folder}: {e}")
-    free = ("text_encoder", "dtype", "prediction_type")
+    free = ("text_encoder", "dtype", "prediction_type", "neighbour_positions")
     mine = {k: v for k, v in cfg.to_dict().items() if k not in free}
     theirs = {k: v for k, v in loaded.cfg.to_dict().items() if k not in free}
     if mine != theirs:

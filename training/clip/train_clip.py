@@ -44,7 +44,6 @@ import os
 import random
 import signal
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -39,6 +39,9 @@ class UNetConfig:
     layers_per_block: int = 1
     attention_levels: list[int] = field(default_factory=lambda: [1, 2])
     neighbour_levels: list[int] = field(default_factory=lambda: [1])
+    # Add a fixed 2-D sine-cosine position code to the neighbour attention's queries and keys
+    # (not its values), so a pixel can find "the same place" in a neighbour (docs/generator.md).
+    neighbour_positions: bool = False
     attention_head_dim: int = 32
     ff_mult: int = 2
     norm_groups: int = 8
@@ -109,6 +112,11 @@ class UNetConfig:
                     "attention_head_dim")
             if ch % self.norm_groups:
                 bad("block_channels", f"{ch} is not a multiple of norm_groups")
+        if self.neighbour_positions:
+            for lv in {*self.neighbour_levels, self.levels - 1}:
+                if self.block_channels[lv] % 4:
+                    bad("block_channels", f"{self.block_channels[lv]} (level {lv}, neighbour "
+                        "positions) is not a multiple of 4")
         if self.layers_per_block < 1:
             bad("layers_per_block", "must be ≥ 1")
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -186,7 +194,8 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(kv_dim, dim, bias=False)
         self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, x, ctx, bias=None):
+    def forward(self, x, ctx, bias=None, ctx_v=None):
+        """`ctx_v`: the values' input when it differs from the keys' (`ctx`)."""
         b, lq, _ = x.shape
         lk = ctx.shape[1]
 
@@ -195,7 +204,7 @@ class Attention(nn.Module):
 
         q = split(self.to_q(x), lq)
         k = split(self.to_k(ctx), lk)
-        v = split(self.to_v(ctx), lk)
+        v = split(self.to_v(ctx if ctx_v is None else ctx_v), lk)
         mask = None if bias is None else bias[:, None, None, :].to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.to_out(out.transpose(1, 2).reshape(b, lq, self.heads * self.head_dim))
@@ -236,6 +245,22 @@ class TransformerBlock(nn.Module):
         return from_tokens(x, hw)
 
 
+def position_code(h: int, w: int, dim: int) -> torch.Tensor:
+    """[h·w, dim]: the fixed 2-D sine-cosine code of each pixel (row-major). The first dim/2
+    channels code the row y, the rest the column x, each as [sin(p·ω_i) | cos(p·ω_i)] with
+    ω_i = 100^(−i/(dim/4)), i = 0 … dim/4 − 1 (p in pixels of this level)."""
+    quarter = dim // 4
+    omega = 100.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys = torch.arange(h, dtype=torch.float64)[:, None].expand(h, w).reshape(-1)
+    xs = torch.arange(w, dtype=torch.float64)[None, :].expand(h, w).reshape(-1)
+
+    def code(p):
+        a = p[:, None] * omega[None, :]
+        return torch.cat([a.sin(), a.cos()], dim=1)
+
+    return torch.cat([code(ys), code(xs)], dim=1).float()
+
+
 class NeighbourAttention(nn.Module):
     """The noisy image's pixels attend to [null; the K neighbours' pixels at this level].
 
@@ -248,15 +273,27 @@ class NeighbourAttention(nn.Module):
         self.norm_kv = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.null = nn.Parameter(torch.zeros(1, dim))
         self.attn = Attention(dim, dim, cfg.attention_head_dim)
+        self.positions = cfg.neighbour_positions
 
     def forward(self, h, nbr_tokens, nbr_bias):
-        """h [B, C, H, W]; nbr_tokens [B, M, C] (M = K·h·w); nbr_bias [B, M] (ln w per token)."""
+        """h [B, C, H, W]; nbr_tokens [B, M, C] (M = K·h·w); nbr_bias [B, M] (ln w per token).
+        With positions, each neighbour's map has the query map's size (h·w = H·W)."""
         hw = h.shape[2:]
         x = to_tokens(h)
-        b = x.shape[0]
+        b, lq, c = x.shape
         kv = torch.cat([self.null[None].expand(b, -1, -1), nbr_tokens], dim=1)
         bias = torch.cat([torch.zeros(b, 1, dtype=nbr_bias.dtype, device=nbr_bias.device), nbr_bias], 1)
-        x = x + self.attn(self.norm_q(x), self.norm_kv(kv), bias)
+        q_in, kv_n = self.norm_q(x), self.norm_kv(kv)
+        k_in = kv_n
+        if self.positions:
+            m = nbr_tokens.shape[1]
+            if m % lq:
+                raise ValueError(f"neighbour maps of {m} tokens do not tile the {lq}-pixel map")
+            code = position_code(hw[0], hw[1], c).to(x.device, x.dtype)
+            q_in = q_in + code
+            k_in = kv_n + torch.cat([torch.zeros(1, c, device=x.device, dtype=x.dtype),
+                                     code.repeat(m // lq, 1)])
+        x = x + self.attn(q_in, k_in, bias, ctx_v=kv_n)
         return from_tokens(x, hw)
 
 

@@ -197,6 +197,27 @@ impl NeighbourKeys {
     }
 }
 
+/// The fixed 2-D sine-cosine code of each pixel of an `h × w` map, row-major, `dim` values per
+/// pixel: the first `dim/2` code the row y, the rest the column x, each as
+/// `[sin(p·ω_i) | cos(p·ω_i)]` with `ω_i = 100^(−i/(dim/4))`, `i = 0 … dim/4 − 1`, p in pixels of
+/// the map (the reference's `position_code`).
+pub(crate) fn position_code(h: usize, w: usize, dim: usize) -> Vec<f32> {
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 100f64.powf(-(i as f64) / quarter as f64))
+        .collect();
+    let mut code = Vec::with_capacity(h * w * dim);
+    for y in 0..h {
+        for x in 0..w {
+            for p in [y as f64, x as f64] {
+                code.extend(omega.iter().map(|o| (p * o).sin() as f32));
+                code.extend(omega.iter().map(|o| (p * o).cos() as f32));
+            }
+        }
+    }
+    code
+}
+
 /// `N(C)`: the pixels attend to `[null; all K neighbours' pixels]` at this level.
 #[derive(Debug, Clone)]
 pub(crate) struct NeighbourAttention {
@@ -205,6 +226,8 @@ pub(crate) struct NeighbourAttention {
     null: Tensor,
     attn: Attention,
     dim: usize,
+    /// `neighbour_positions`: queries and keys carry [`position_code`].
+    positions: bool,
 }
 
 impl NeighbourAttention {
@@ -216,6 +239,7 @@ impl NeighbourAttention {
             null: vb.get("null", &[1, dim])?,
             attn: Attention::new(vb.pp("attn"), dim, dim, cfg.attention_head_dim)?,
             dim,
+            positions: cfg.neighbour_positions,
         })
     }
 
@@ -223,7 +247,7 @@ impl NeighbourAttention {
     /// key alone).
     pub(crate) fn keys(&self, features: Option<&Tensor>) -> Result<NeighbourKeys> {
         let null = self.null.reshape(&[1, 1, self.dim])?;
-        let (kv, pixels) = match features {
+        let (kv, pixels, code) = match features {
             Some(f) => {
                 let s = f.shape();
                 let (k, c, hw) = (s[0], s[1], s[2] * s[3]);
@@ -232,13 +256,29 @@ impl NeighbourAttention {
                     .reshape(&[k, c, hw])?
                     .permute(&[0, 2, 1])?
                     .reshape(&[1, k * hw, c])?;
-                (Tensor::concat(&[&null, &toks], 1)?, hw)
+                // The null key has no position; each neighbour's pixels have theirs.
+                let code = self.positions.then(|| {
+                    let one = position_code(s[2], s[3], c);
+                    let mut all = vec![0.0; c];
+                    for _ in 0..k {
+                        all.extend_from_slice(&one);
+                    }
+                    (all, [1, 1 + k * hw, c], f.device())
+                });
+                (Tensor::concat(&[&null, &toks], 1)?, hw, code)
             }
-            None => (null, 0),
+            None => (null, 0, None),
         };
         let n = self.norm_kv.forward(&kv)?;
+        let k = match code {
+            Some((code, shape, device)) => {
+                let keyed = n.add(&Tensor::from_vec(code, &shape, &device)?)?;
+                self.attn.to_k.forward(&keyed)?
+            }
+            None => self.attn.to_k.forward(&n)?,
+        };
         Ok(NeighbourKeys {
-            k: self.attn.to_k.forward(&n)?,
+            k,
             v: self.attn.to_v.forward(&n)?,
             pixels,
         })
@@ -258,7 +298,13 @@ impl NeighbourAttention {
         let (heads, d) = (self.attn.heads, self.attn.head_dim);
         let x = tokens(h)?;
         let lq = x.shape()[1];
-        let q = self.attn.to_q.forward(&self.norm_q.forward(&x)?)?;
+        let mut q_in = self.norm_q.forward(&x)?;
+        if self.positions {
+            let one = position_code(height, width, self.dim);
+            let code = one.repeat(b);
+            q_in = q_in.add(&Tensor::from_vec(code, &[b, lq, self.dim], &h.device())?)?;
+        }
+        let q = self.attn.to_q.forward(&q_in)?;
         let k = keys.k.broadcast_to(&[b, lk, self.dim])?;
         let v = keys.v.broadcast_to(&[b, lk, self.dim])?;
         let neutral = weights.iter().all(|&w| w == 1.0);

@@ -43,6 +43,11 @@ pub struct UNetConfig {
     pub attention_levels: Vec<usize>,
     /// Levels whose last down block is followed by neighbour attention.
     pub neighbour_levels: Vec<usize>,
+    /// Whether the neighbour attention adds a fixed 2-D sine-cosine position code to its
+    /// queries and keys (not its values), so that a pixel can find the same place in a
+    /// neighbour's map. Absent in older configs: `false`.
+    #[serde(default)]
+    pub neighbour_positions: bool,
     /// Head size of every attention.
     pub attention_head_dim: usize,
     /// TransformerBlock feed-forward width = C · ff_mult.
@@ -225,6 +230,22 @@ impl UNetConfig {
                 return bad(
                     "block_channels",
                     format!("{ch} is not a multiple of norm_groups"),
+                );
+            }
+        }
+        if self.neighbour_positions {
+            let mut coded = self.neighbour_levels.clone();
+            coded.push(levels - 1);
+            if let Some(&lv) = coded
+                .iter()
+                .find(|&&lv| !self.block_channels[lv].is_multiple_of(4))
+            {
+                return bad(
+                    "block_channels",
+                    format!(
+                        "{} (level {lv}, neighbour positions) is not a multiple of 4",
+                        self.block_channels[lv]
+                    ),
                 );
             }
         }
