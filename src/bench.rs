@@ -54,6 +54,11 @@ pub struct KbBenchOptions {
     pub spread: f32,
     /// Noise added to each of the 512 dimensions after the projection (0.02).
     pub noise: f32,
+    /// The `reimagen` binary, to time cold one-shot commands against the finished KB as child
+    /// processes; none by default (no cold figures).
+    pub cold_exe: Option<PathBuf>,
+    /// Runs of each cold command (7).
+    pub cold_runs: usize,
 }
 
 impl Default for KbBenchOptions {
@@ -66,6 +71,8 @@ impl Default for KbBenchOptions {
             hnsw: crate::vector::HnswParams::default(),
             spread: 0.3,
             noise: 0.02,
+            cold_exe: None,
+            cold_runs: 7,
         }
     }
 }
@@ -96,6 +103,15 @@ pub struct KbBenchReport {
     pub hybrid: Latency,
     /// CLIP query latency at k = 10 with an entity filter (each entity has 5 pairs).
     pub clip_entity: Latency,
+    /// The BM25 index's own search at k = 10 (query parsing, tantivy's collector, doc numbers;
+    /// no store reads): the figure to set beside a bare tantivy call.
+    pub bm25_index: Latency,
+    /// The image graph's own search at k = 10 with the text → image width (the query vector
+    /// given; no embedder, no store reads): the figure to set beside a bare hnswlib call.
+    pub clip_index: Latency,
+    /// Cold one-shot commands against the finished KB, each a fresh process (the files in the
+    /// page cache); present when [`KbBenchOptions::cold_exe`] is set.
+    pub cold: Option<ColdReport>,
     /// Mean recall@10 of CLIP search against exact search at the default search width.
     pub recall_at_10: f64,
     /// The search width used for text → image queries.
@@ -126,12 +142,68 @@ impl std::fmt::Display for KbBenchReport {
                 l.p50_ms, l.p99_ms
             )?;
         }
+        for (name, l) in [
+            ("bm25 index", self.bm25_index),
+            ("clip index", self.clip_index),
+        ] {
+            writeln!(
+                f,
+                "{name:<16} p50 {:.3} ms  p99 {:.3} ms  (the index alone)",
+                l.p50_ms, l.p99_ms
+            )?;
+        }
+        if let Some(cold) = &self.cold {
+            for (name, run) in [
+                ("cold bm25", &cold.bm25_search),
+                ("cold similar", &cold.similar),
+                ("cold stats", &cold.stats),
+                ("writer open", &cold.writer_open),
+            ] {
+                let rss = run
+                    .peak_rss_mb
+                    .map_or("-".to_string(), |r| format!("{r:.0} MiB"));
+                writeln!(
+                    f,
+                    "{name:<16} p50 {:.1} ms  max {:.1} ms  peak RSS {rss}  ({} runs)",
+                    run.wall_ms_p50, run.wall_ms_max, cold.runs
+                )?;
+            }
+        }
         write!(
             f,
             "recall@10        {:.3}  (ef {})",
             self.recall_at_10, self.ef_search_cross
         )
     }
+}
+
+/// Cold one-shot commands of the CLI against the benchmark's KB.
+#[derive(Clone, Debug, Serialize)]
+pub struct ColdReport {
+    /// Runs of each command.
+    pub runs: usize,
+    /// `search QUERY --mode bm25 -k 10 --json`.
+    pub bm25_search: ColdRun,
+    /// `similar PAIR-ID -k 10 --json`: a CLIP graph walk from a stored vector (no model).
+    pub similar: ColdRun,
+    /// `stats --json`.
+    pub stats: ColdRun,
+    /// `remove` of an id that is not there: the writer's open (both graphs loaded and
+    /// verified) and close, which is what a daemon holds in memory before it touches anything.
+    pub writer_open: ColdRun,
+}
+
+/// Wall time and peak resident memory of one cold command, over its runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ColdRun {
+    /// The arguments after `--kb DIR`, with the first run's query.
+    pub command: String,
+    /// Median wall time, spawn to exit.
+    pub wall_ms_p50: f64,
+    /// Slowest run.
+    pub wall_ms_max: f64,
+    /// Largest peak resident set of a run, MiB (from GNU time; absent where it is not installed).
+    pub peak_rss_mb: Option<f64>,
 }
 
 const DIM: usize = 512;
@@ -359,8 +431,18 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
     let mut clip = Vec::new();
     let mut hybrid = Vec::new();
     let mut clip_entity = Vec::new();
+    let mut bm25_index = Vec::new();
+    let mut clip_index = Vec::new();
     let entities = ENTITIES.min(w.captions.len()).max(1);
+    let (text_index, image_index) = kb.bare_indices();
+    let no_filters = crate::text::Filters::default();
     for (i, q) in w.query_texts.iter().enumerate() {
+        let t = Instant::now();
+        std::hint::black_box(text_index.search(q, &no_filters, 10)?);
+        bm25_index.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        std::hint::black_box(image_index.search(&w.query_vectors[i], 10, true, &|_| true)?);
+        clip_index.push(t.elapsed().as_secs_f64() * 1e3);
         bm25.push(time(&Query::text(q.clone()).k(10))?);
         clip.push(time(&Query::text(q.clone()).mode(SearchMode::Clip).k(10))?);
         hybrid.push(time(
@@ -402,6 +484,15 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
             .count();
         recall += hits as f64 / 10.0;
     }
+    // The writer closes (and dumps) before other processes open the KB.
+    drop(kb);
+    let cold = match &opts.cold_exe {
+        Some(exe) => {
+            progress("timing cold commands");
+            Some(cold_commands(exe, dir, &w, opts.cold_runs.max(1))?)
+        }
+        None => None,
+    };
     Ok(KbBenchReport {
         pairs: w.captions.len(),
         ingest_secs,
@@ -410,11 +501,108 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
         clip: latency(clip),
         hybrid: latency(hybrid),
         clip_entity: latency(clip_entity),
+        bm25_index: latency(bm25_index),
+        clip_index: latency(clip_index),
+        cold,
         recall_at_10: recall / recall_queries as f64,
         ef_search_cross: params.ef_search_cross,
         ef_construction: params.ef_construction,
         threads: rayon::current_num_threads(),
     })
+}
+
+/// Times the cold commands of [`ColdReport`], `runs` fresh processes each.
+fn cold_commands(exe: &Path, kb: &Path, w: &Workload, runs: usize) -> Result<ColdReport> {
+    let kb = kb.display().to_string();
+    let pair = |i: usize| crate::ImageId::of_bytes(&index_png(i % w.captions.len())).to_hex();
+    let query = |i: usize| w.query_texts[i % w.query_texts.len()].clone();
+    let measure = |args: &dyn Fn(usize) -> Vec<String>, must_succeed: bool| -> Result<ColdRun> {
+        let mut walls = Vec::with_capacity(runs);
+        let mut peak: Option<f64> = None;
+        for run in 0..runs {
+            let mut all = vec!["--kb".to_string(), kb.clone()];
+            all.extend(args(run));
+            let (wall, rss, ok) = run_child(exe, &all)?;
+            if must_succeed && !ok {
+                return Err(io_err(exe)(std::io::Error::other(format!(
+                    "`{}` failed (run it by hand to see why)",
+                    all.join(" ")
+                ))));
+            }
+            walls.push(wall);
+            peak = match (peak, rss) {
+                (Some(p), Some(r)) => Some(p.max(r)),
+                (p, r) => p.or(r),
+            };
+        }
+        walls.sort_by(f64::total_cmp);
+        Ok(ColdRun {
+            command: args(0).join(" "),
+            wall_ms_p50: walls[walls.len() / 2],
+            wall_ms_max: walls[walls.len() - 1],
+            peak_rss_mb: peak,
+        })
+    };
+    let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Ok(ColdReport {
+        runs,
+        bm25_search: measure(
+            &|i| {
+                let mut a = strings(&["search", "--mode", "bm25", "-k", "10", "--json"]);
+                a.push(query(i));
+                a
+            },
+            true,
+        )?,
+        similar: measure(
+            &|i| {
+                let mut a = strings(&["similar", "-k", "10", "--json"]);
+                a.push(pair(i * 7_919));
+                a
+            },
+            true,
+        )?,
+        stats: measure(&|_| strings(&["stats", "--json"]), true)?,
+        writer_open: measure(&|_| strings(&["remove", "ffffffffffffffffffff"]), false)?,
+    })
+}
+
+/// Runs `exe args` to its end: wall milliseconds, peak resident MiB, and success.
+///
+/// The peak comes from GNU time (`/usr/bin/time -f %M`, on Linux where it is installed), not
+/// from this process's `wait4`: a child spawned from this process (gigabytes of workload by
+/// now) reports this process's resident set as its own peak, since Linux counts the memory a
+/// process had before its `exec`. GNU time is small, so its child's peak is the command's own.
+/// The wall time then includes GNU time's fork and exec (about a millisecond).
+fn run_child(exe: &Path, args: &[String]) -> Result<(f64, Option<f64>, bool)> {
+    use std::process::{Command, Stdio};
+    let time = Path::new("/usr/bin/time");
+    let peak_file = tempfile::NamedTempFile::new().map_err(io_err(exe))?;
+    let mut command = if cfg!(target_os = "linux") && time.exists() {
+        let mut command = Command::new(time);
+        command
+            .args(["-f", "%M", "-o"])
+            .arg(peak_file.path())
+            .arg(exe);
+        command
+    } else {
+        Command::new(exe)
+    };
+    let start = Instant::now();
+    let status = command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(io_err(exe))?;
+    let wall = start.elapsed().as_secs_f64() * 1e3;
+    // GNU time writes a line about a failed command before the figure.
+    let peak = std::fs::read_to_string(peak_file.path())
+        .ok()
+        .and_then(|s| s.lines().last()?.trim().parse::<f64>().ok())
+        .map(|kib| kib / 1024.0);
+    Ok((wall, peak, status.success()))
 }
 
 fn export_workload(dir: &Path, w: &Workload) -> Result<()> {

@@ -576,21 +576,25 @@ impl KnowledgeBase {
     }
 
     /// Brings a read-only KB's indices up to what the writer has committed: the writer's last
-    /// BM25 commit, and the change log replayed into the in-memory graphs. A no-op where this
-    /// process writes (its indexer thread keeps them current).
+    /// BM25 commit, and the change log replayed into both graphs (mapped on first use). A
+    /// no-op where this process writes (its indexer thread keeps them current).
     fn refresh(&self) -> Result<()> {
-        self.refresh_for(true)
+        self.refresh_for(true)?;
+        if self.writer.is_none() {
+            self.indices.text_vectors.catch_up(&self.store)?;
+        }
+        Ok(())
     }
 
-    /// [`KnowledgeBase::refresh`], the graphs only when `vectors` (loading them on first use).
-    fn refresh_for(&self, vectors: bool) -> Result<()> {
+    /// [`KnowledgeBase::refresh`] of the BM25 index, and of the image graph (the one searches
+    /// walk) only when `image`.
+    fn refresh_for(&self, image: bool) -> Result<()> {
         if self.writer.is_some() {
             return Ok(());
         }
         self.indices.text.refresh()?;
-        if vectors {
+        if image {
             self.indices.image.catch_up(&self.store)?;
-            self.indices.text_vectors.catch_up(&self.store)?;
         }
         Ok(())
     }
@@ -1261,6 +1265,11 @@ impl KnowledgeBase {
         .search(query)
     }
 
+    /// The BM25 index and the image graph themselves, for `bench kb`'s bare index timings.
+    pub(crate) fn bare_indices(&self) -> (&crate::text::TextIndex, &VectorIndex) {
+        (&self.indices.text, &self.indices.image)
+    }
+
     /// What preparing pairs for the writer needs of this KB.
     fn preparation(&self) -> Preparation<'_> {
         Preparation {
@@ -1421,7 +1430,8 @@ impl KnowledgeBase {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> Result<Stats> {
-        self.refresh()?;
+        // The graphs' counts come from their dumps' manifests when those are current.
+        self.refresh_for(false)?;
         let rtxn = self.store.read()?;
         let pairs = self.store.all_pairs(&rtxn)?;
         let entities: HashSet<String> = pairs
@@ -1439,8 +1449,8 @@ impl KnowledgeBase {
             map_size,
             disk_size,
             text_index_docs: self.indices.text.all_ids()?.len(),
-            image_index: self.indices.image.counts(),
-            text_vector_index: self.indices.text_vectors.counts(),
+            image_index: self.indices.image.counts_from_dump(&self.store)?,
+            text_vector_index: self.indices.text_vectors.counts_from_dump(&self.store)?,
         })
     }
 

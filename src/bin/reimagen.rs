@@ -1387,6 +1387,8 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
                 hnsw,
                 spread,
                 noise,
+                cold_exe: std::env::current_exe().ok(),
+                ..reimagen::bench::KbBenchOptions::default()
             };
             let bar = spinner("benchmarking");
             let report =

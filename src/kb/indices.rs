@@ -38,7 +38,7 @@ impl Indices {
 
     /// Compares every index with the store (invariant 1 of ARCHITECTURE.md: the store is the
     /// truth): the docs table, the image bytes, the BM25 documents and sequence, each graph's
-    /// live points and sequence.
+    /// live points and sequence; a mapped graph file is verified in full (invariant 6).
     pub(super) fn check(&self, store: &Store) -> Result<CheckReport> {
         let rtxn = store.read()?;
         let last_seq = store.last_seq(&rtxn)?;
@@ -102,6 +102,9 @@ impl Indices {
                     live.len(),
                     expected.len()
                 ));
+            }
+            if let Err(e) = index.verify() {
+                report.problems.push(format!("{name} index: {e}"));
             }
             let seq = index.counts().seq;
             if seq != last_seq {

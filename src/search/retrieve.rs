@@ -160,16 +160,19 @@ impl Retrievers<'_> {
 
     /// An image's embedding (a file's, or a stored pair's) against the image embeddings.
     fn image(&self, image: &QueryImage, query: &Query, fetch: usize) -> Result<Ranked> {
-        let embedder = (self.embedder)(query.mode)?;
         let vector = match image {
-            QueryImage::File(path) => {
-                embedder.embed_image(&crate::ingest::read_image_file(path, self.limits)?.image)?
-            }
+            QueryImage::File(path) => (self.embedder)(query.mode)?
+                .embed_image(&crate::ingest::read_image_file(path, self.limits)?.image)?,
+            // A stored pair's vector is compared with the other stored vectors, all from one
+            // model: no embedder needed (and none loaded).
             QueryImage::Pair(id) => {
                 let rtxn = self.store.read()?;
                 match self.store.embedding(&rtxn, id, EmbeddingKind::Image)? {
                     Some(v) => v,
-                    None => return Err(Error::NotFound(id.to_hex())),
+                    None => {
+                        (self.embedder)(query.mode)?;
+                        return Err(Error::NotFound(id.to_hex()));
+                    }
                 }
             }
         };
@@ -187,7 +190,7 @@ impl Retrievers<'_> {
     ) -> Result<Ranked> {
         let rtxn = self.store.read()?;
         let found = if query.filters.is_empty() {
-            index.search(vector, fetch, cross, &|_| true)
+            index.search(vector, fetch, cross, &|_| true)?
         } else {
             // The filter's pairs come from the BM25 index's exact fields. A few of them are
             // scored exactly; the graph walk would pass through most of the graph to find them.
@@ -196,7 +199,7 @@ impl Retrievers<'_> {
                 self.exact(&rtxn, index.kind(), vector, &allowed, fetch)?
             } else {
                 let allowed: HashSet<u64> = allowed.into_iter().collect();
-                index.search(vector, fetch, cross, &|doc| allowed.contains(&doc))
+                index.search(vector, fetch, cross, &|doc| allowed.contains(&doc))?
             }
         };
         let floor = query.min_similarity.unwrap_or(f32::NEG_INFINITY);

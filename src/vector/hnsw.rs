@@ -27,14 +27,15 @@ use rayon::prelude::*;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::graph_file::{Header, Layout, MAGIC, MAGIC_V1, View, read_header};
 use super::{dot, dot_f16};
 
 /// Highest layer a node may get (with 16 links per node, layer 8 needs ~4·10⁹ points).
-const MAX_LEVEL: u8 = 15;
+pub(super) const MAX_LEVEL: u8 = 15;
 /// Stripes of the link locks.
 const LOCKS: usize = 4096;
-const MAGIC: &[u8; 8] = b"RIHNSW01";
-const NONE: u32 = u32::MAX;
+/// No node: a level-0 node's upper slot.
+pub(super) const NONE: u32 = u32::MAX;
 
 /// A distance with a total order (NaN sorts last), paired with a node.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,20 +87,33 @@ thread_local! {
     static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
 }
 
-/// Why a graph file could not be read.
+/// Why a graph file could not be read, or a walk of a mapped one could not go on.
 #[derive(Debug, thiserror::Error)]
 #[error("graph file: {0}")]
 pub struct FormatError(String);
 
-/// Sizes and settings written at the head of a graph file.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Header {
-    dim: u32,
-    m: u32,
-    ef_construction: u32,
-    nodes: u64,
-    upper_len: u64,
-    entry: Option<(u32, u8)>,
+impl FormatError {
+    pub(super) fn new(reason: impl Into<String>) -> FormatError {
+        FormatError(reason.into())
+    }
+}
+
+/// What a walk reads of a graph: the owned one being built ([`Graph`]) or a file's arrays
+/// ([`View`], bounds-checked). Node ids come from the entry point and from `links`, so an
+/// implementation that checks its links may trust them elsewhere.
+pub(super) trait Walk {
+    /// Why a walk stopped: never, for the owned graph.
+    type Error;
+    fn nodes(&self) -> usize;
+    fn dim(&self) -> usize;
+    /// The walk's distance (f16 rows).
+    fn coarse_distance(&self, query: &[f32], node: u32) -> f32;
+    /// The distance the final candidates are ranked by (f32 rows).
+    fn exact_distance(&self, query: &[f32], node: u32) -> f32;
+    fn doc(&self, node: u32) -> u64;
+    fn prefetch_node(&self, node: u32);
+    /// `node`'s neighbours on `layer`, into `out`.
+    fn links(&self, node: u32, layer: u8, out: &mut Vec<u32>) -> Result<(), Self::Error>;
 }
 
 /// The graph. Distances are `1 − a·b` over unit vectors.
@@ -501,32 +515,20 @@ impl Graph {
         kept
     }
 
-    /// Greedy descent on one layer: move to a nearer neighbour until none is nearer.
+    /// Greedy descent on one layer (see [`greedy`]).
     fn greedy(
         &self,
         query: &[f32],
-        mut ep: u32,
-        mut ep_dist: f32,
+        ep: u32,
+        ep_dist: f32,
         layer: u8,
         scratch: &mut Vec<u32>,
     ) -> (u32, f32) {
-        loop {
-            let mut moved = false;
-            self.neighbours(ep, layer, scratch);
-            for &n in scratch.iter() {
-                let d = self.distance(query, n);
-                if d < ep_dist {
-                    (ep, ep_dist, moved) = (n, d, true);
-                }
-            }
-            if !moved {
-                return (ep, ep_dist);
-            }
-        }
+        let Ok(found) = greedy(self, query, ep, ep_dist, layer, scratch);
+        found
     }
 
-    /// Best-first search of one layer from `entry`, keeping the `ef` nearest nodes that `keep`
-    /// accepts (rejected nodes are still walked through). Nearest first.
+    /// Best-first search of one layer (see [`search_layer`]).
     fn search_layer(
         &self,
         query: &[f32],
@@ -536,48 +538,8 @@ impl Graph {
         visited: &mut Visited,
         keep: &dyn Fn(u32) -> bool,
     ) -> Vec<Scored> {
-        visited.reset(self.len());
-        let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(ef * 2);
-        let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
-        for &e in entry {
-            if visited.insert(e.1) {
-                candidates.push(Reverse(e));
-                if keep(e.1) {
-                    results.push(e);
-                }
-            }
-        }
-        while results.len() > ef {
-            results.pop();
-        }
-        let mut links = Vec::with_capacity(self.m0);
-        while let Some(Reverse(c)) = candidates.pop() {
-            let worst = results.peek().map_or(f32::INFINITY, |w| w.0);
-            if results.len() >= ef && c.0 > worst {
-                break;
-            }
-            self.neighbours(c.1, layer, &mut links);
-            // Mark the unseen neighbours first and start loading all their vectors, so that the
-            // loads overlap instead of each distance waiting for its own.
-            links.retain(|&n| visited.insert(n));
-            for &n in &links {
-                prefetch(self.coarse(n));
-            }
-            for &n in &links {
-                let d = self.distance(query, n);
-                let worst = results.peek().map_or(f32::INFINITY, |w| w.0);
-                if results.len() < ef || d < worst {
-                    candidates.push(Reverse(Scored(d, n)));
-                    if keep(n) {
-                        results.push(Scored(d, n));
-                        if results.len() > ef {
-                            results.pop();
-                        }
-                    }
-                }
-            }
-        }
-        results.into_sorted_vec()
+        let Ok(found) = search_layer(self, query, entry, ef, layer, visited, keep);
+        found
     }
 
     /// The `k` nearest points to the unit vector `query` whose doc numbers `keep` accepts, as
@@ -590,153 +552,141 @@ impl Graph {
         ef: usize,
         keep: &dyn Fn(u64) -> bool,
     ) -> Vec<(u64, f32)> {
-        let Some((mut ep, top)) = *self.entry.lock().unwrap_or_else(|e| e.into_inner()) else {
-            return Vec::new();
-        };
-        if query.len() != self.dim || k == 0 {
-            return Vec::new();
-        }
-        let mut ep_dist = self.distance(query, ep);
-        let mut scratch = Vec::new();
-        for layer in (1..=top).rev() {
-            (ep, ep_dist) = self.greedy(query, ep, ep_dist, layer, &mut scratch);
-        }
-        let keep_node = |n: u32| keep(self.docs[n as usize]);
-        let found = VISITED.with_borrow_mut(|visited| {
-            self.search_layer(
-                query,
-                &[Scored(ep_dist, ep)],
-                ef.max(k),
-                0,
-                visited,
-                &keep_node,
-            )
-        });
-        // The exact order of the candidates the walk found.
-        let mut ranked: Vec<Scored> = found
-            .into_iter()
-            .map(|s| Scored(1.0 - dot(query, self.vector(s.1)), s.1))
-            .collect();
-        ranked.sort_unstable();
-        ranked
-            .into_iter()
-            .take(k)
-            .map(|s| (self.docs[s.1 as usize], 1.0 - s.0))
-            .collect()
+        let entry = *self.entry.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(found) = search_graph(self, entry, query, k, ef, keep);
+        found
     }
 
-    /// Writes the graph to `out` (little-endian arrays after a bincode header).
-    pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let header = Header {
+    fn header(&self) -> Header {
+        Header {
             dim: self.dim as u32,
             m: self.m as u32,
             ef_construction: self.ef_construction as u32,
             nodes: self.len() as u64,
             upper_len: self.upper.len() as u64,
             entry: *self.entry.lock().unwrap_or_else(|e| e.into_inner()),
-        };
-        let header = bincode::serde::encode_to_vec(&header, bincode::config::standard())
+        }
+    }
+
+    /// Writes the graph to `out` in format 2 (`graph_file.rs`): arrays a reader can walk in place.
+    pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let header = self.header();
+        let encoded = bincode::serde::encode_to_vec(&header, bincode::config::standard())
             .map_err(std::io::Error::other)?;
         out.write_all(MAGIC)?;
-        out.write_all(&(header.len() as u32).to_le_bytes())?;
-        out.write_all(&header)?;
-        write_le(out, self.vectors.iter().map(|x| x.to_le_bytes()))?;
-        write_le(out, self.docs.iter().map(|x| x.to_le_bytes()))?;
-        out.write_all(&self.levels)?;
+        out.write_all(&(encoded.len() as u32).to_le_bytes())?;
+        out.write_all(&encoded)?;
+        let layout = Layout::new(12 + encoded.len(), &header)
+            .ok_or_else(|| std::io::Error::other("graph too large for this platform"))?;
+        let mut at = 12 + encoded.len();
+        let pad_to = |out: &mut dyn Write, at: &mut usize, to: usize| {
+            let gap = to - *at;
+            *at = to;
+            out.write_all(&[0u8; 64][..gap])
+        };
         let load = |a: &AtomicU32| a.load(AtomicOrdering::Relaxed).to_le_bytes();
+        pad_to(out, &mut at, layout.coarse)?;
+        write_le(out, self.coarse.iter().map(|x| x.to_le_bytes()))?;
+        at += self.coarse.len() * 2;
+        pad_to(out, &mut at, layout.vectors)?;
+        write_le(out, self.vectors.iter().map(|x| x.to_le_bytes()))?;
+        at += self.vectors.len() * 4;
+        pad_to(out, &mut at, layout.docs)?;
+        write_le(out, self.docs.iter().map(|x| x.to_le_bytes()))?;
+        at += self.docs.len() * 8;
+        pad_to(out, &mut at, layout.levels)?;
+        out.write_all(&self.levels)?;
+        at += self.levels.len();
+        pad_to(out, &mut at, layout.links0)?;
         write_le(out, self.links0.iter().map(load))?;
+        at += self.links0.len() * 4;
+        pad_to(out, &mut at, layout.upper_at)?;
         write_le(out, self.upper_at.iter().map(|x| x.to_le_bytes()))?;
+        at += self.upper_at.len() * 4;
+        pad_to(out, &mut at, layout.upper)?;
         write_le(out, self.upper.iter().map(load))
     }
 
-    /// Reads a graph written by [`Graph::write`], checking every size and link, so that a
-    /// damaged file is an error and never a panic later.
+    /// Reads a graph written by [`Graph::write`] (format 2, or format 1 of older dumps),
+    /// checking every size and link, so that a damaged file is an error and never a panic later.
     pub fn read(bytes: &[u8]) -> Result<Graph, FormatError> {
-        let bad = |what: &str| FormatError(what.to_string());
-        let mut r = Reader { bytes, at: 0 };
-        if r.take(8)? != MAGIC {
-            return Err(bad("not a reimagen graph (bad magic)"));
-        }
-        let header_len = u32::from_le_bytes(r.array()?) as usize;
-        let (header, _): (Header, usize) =
-            bincode::serde::decode_from_slice(r.take(header_len)?, bincode::config::standard())
-                .map_err(|e| FormatError(format!("header: {e}")))?;
-        let (dim, m) = (header.dim as usize, header.m as usize);
-        let nodes = usize::try_from(header.nodes).map_err(|_| bad("too many nodes"))?;
-        let upper_len = usize::try_from(header.upper_len).map_err(|_| bad("too many links"))?;
-        if dim == 0 || m < 2 || nodes >= NONE as usize {
-            return Err(bad("impossible sizes in the header"));
-        }
-        let mut graph = Graph::new(dim, m, header.ef_construction as usize);
-        let m0 = graph.m0;
-        let count = |n: usize, per: usize| n.checked_mul(per).ok_or_else(|| bad("size overflow"));
-        graph.vectors = r
-            .take(count(nodes, dim * 4)?)?
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        graph.coarse = vec![f16::ZERO; graph.vectors.len()];
-        graph.coarse.convert_from_f32_slice(&graph.vectors);
-        graph.docs = r
-            .take(count(nodes, 8)?)?
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        graph.levels = r.take(nodes)?.to_vec();
+        let (magic, header, header_end) = read_header(bytes)?;
+        let nodes = header.nodes as usize;
+        let mut graph = Graph::new(
+            header.dim as usize,
+            header.m as usize,
+            header.ef_construction as usize,
+        );
+        let (dim, m0) = (graph.dim, graph.m0);
         let words = |b: &[u8]| -> Vec<u32> {
             b.chunks_exact(4)
                 .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect()
         };
-        let links0 = words(r.take(count(nodes, 4 * (1 + m0))?)?);
-        graph.upper_at = words(r.take(count(nodes, 4)?)?);
-        let upper = words(r.take(count(upper_len, 4)?)?);
-        if r.at != bytes.len() {
-            return Err(bad("trailing bytes"));
-        }
-        // Every list must fit its slot and name existing nodes; every upper slot must lie inside
-        // the upper array.
-        let check_slot = |slot: &[u32], cap: usize| {
-            (slot[0] as usize) <= cap
-                && slot[1..=slot[0] as usize]
-                    .iter()
-                    .all(|&l| (l as usize) < nodes)
+        let floats = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
         };
-        if !links0.chunks_exact(1 + m0).all(|s| check_slot(s, m0)) {
-            return Err(bad("a layer-0 link list is damaged"));
+        let longs = |b: &[u8]| -> Vec<u64> {
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        };
+        let (links0, upper);
+        if magic == MAGIC_V1 {
+            let bad = |what: &str| FormatError::new(what);
+            let mut r = Reader {
+                bytes,
+                at: header_end,
+            };
+            let count =
+                |n: usize, per: usize| n.checked_mul(per).ok_or_else(|| bad("size overflow"));
+            let upper_len = usize::try_from(header.upper_len).map_err(|_| bad("too many links"))?;
+            graph.vectors = floats(r.take(count(nodes, dim * 4)?)?);
+            graph.coarse = vec![f16::ZERO; graph.vectors.len()];
+            graph.coarse.convert_from_f32_slice(&graph.vectors);
+            graph.docs = longs(r.take(count(nodes, 8)?)?);
+            graph.levels = r.take(nodes)?.to_vec();
+            links0 = words(r.take(count(nodes, 4 * (1 + m0))?)?);
+            graph.upper_at = words(r.take(count(nodes, 4)?)?);
+            upper = words(r.take(count(upper_len, 4)?)?);
+            if r.at != bytes.len() {
+                return Err(bad("trailing bytes"));
+            }
+        } else {
+            let l = Layout::new(header_end, &header)
+                .ok_or_else(|| FormatError::new("size overflow"))?;
+            match bytes.len().cmp(&l.end) {
+                Ordering::Less => return Err(FormatError::new("truncated")),
+                Ordering::Greater => return Err(FormatError::new("trailing bytes")),
+                Ordering::Equal => {}
+            }
+            let rows = nodes * dim;
+            graph.coarse = bytes[l.coarse..l.coarse + rows * 2]
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes(c.try_into().expect("2 bytes")))
+                .collect();
+            graph.vectors = floats(&bytes[l.vectors..l.vectors + rows * 4]);
+            graph.docs = longs(&bytes[l.docs..l.docs + nodes * 8]);
+            graph.levels = bytes[l.levels..l.levels + nodes].to_vec();
+            links0 = words(&bytes[l.links0..l.links0 + nodes * (1 + m0) * 4]);
+            graph.upper_at = words(&bytes[l.upper_at..l.upper_at + nodes * 4]);
+            upper = words(&bytes[l.upper..l.end]);
         }
-        for (node, (&level, &at)) in graph.levels.iter().zip(&graph.upper_at).enumerate() {
-            if level > MAX_LEVEL {
-                return Err(bad("a node's level is out of range"));
-            }
-            if level == 0 {
-                if at != NONE {
-                    return Err(FormatError(format!(
-                        "node {node} has upper links but level 0"
-                    )));
-                }
-                continue;
-            }
-            let end = (at as usize).checked_add(level as usize * (1 + m));
-            if at == NONE || end.is_none_or(|e| e > upper.len()) {
-                return Err(FormatError(format!(
-                    "node {node}'s upper links are out of range"
-                )));
-            }
-            let slots = &upper[at as usize..end.expect("checked")];
-            if !slots.chunks_exact(1 + m).all(|s| check_slot(s, m)) {
-                return Err(FormatError(format!(
-                    "node {node}'s upper links are damaged"
-                )));
-            }
+        View {
+            dim,
+            m: graph.m,
+            m0,
+            coarse: &graph.coarse,
+            vectors: &graph.vectors,
+            docs: &graph.docs,
+            levels: &graph.levels,
+            links0: &links0,
+            upper_at: &graph.upper_at,
+            upper: &upper,
         }
-        match header.entry {
-            None if nodes > 0 => return Err(bad("no entry point")),
-            Some((e, l)) if e as usize >= nodes || graph.levels[e as usize] != l => {
-                return Err(bad("the entry point is out of range"));
-            }
-            _ => {}
-        }
+        .validate(header.entry)?;
         let mut indegree = vec![0u32; nodes];
         for s in links0.chunks_exact(1 + m0) {
             for &l in &s[1..=s[0] as usize] {
@@ -752,6 +702,166 @@ impl Graph {
     }
 }
 
+impl Walk for Graph {
+    type Error = std::convert::Infallible;
+
+    fn nodes(&self) -> usize {
+        self.len()
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn coarse_distance(&self, query: &[f32], node: u32) -> f32 {
+        self.distance(query, node)
+    }
+
+    fn exact_distance(&self, query: &[f32], node: u32) -> f32 {
+        1.0 - dot(query, self.vector(node))
+    }
+
+    fn doc(&self, node: u32) -> u64 {
+        self.docs[node as usize]
+    }
+
+    fn prefetch_node(&self, node: u32) {
+        prefetch(self.coarse(node));
+    }
+
+    fn links(&self, node: u32, layer: u8, out: &mut Vec<u32>) -> Result<(), Self::Error> {
+        self.neighbours(node, layer, out);
+        Ok(())
+    }
+}
+
+/// Greedy descent on one layer: move to a nearer neighbour until none is nearer.
+fn greedy<W: Walk>(
+    graph: &W,
+    query: &[f32],
+    mut ep: u32,
+    mut ep_dist: f32,
+    layer: u8,
+    scratch: &mut Vec<u32>,
+) -> Result<(u32, f32), W::Error> {
+    loop {
+        let mut moved = false;
+        graph.links(ep, layer, scratch)?;
+        for &n in scratch.iter() {
+            let d = graph.coarse_distance(query, n);
+            if d < ep_dist {
+                (ep, ep_dist, moved) = (n, d, true);
+            }
+        }
+        if !moved {
+            return Ok((ep, ep_dist));
+        }
+    }
+}
+
+/// Best-first search of one layer from `entry`, keeping the `ef` nearest nodes that `keep`
+/// accepts (rejected nodes are still walked through). Nearest first.
+fn search_layer<W: Walk>(
+    graph: &W,
+    query: &[f32],
+    entry: &[Scored],
+    ef: usize,
+    layer: u8,
+    visited: &mut Visited,
+    keep: &dyn Fn(u32) -> bool,
+) -> Result<Vec<Scored>, W::Error> {
+    visited.reset(graph.nodes());
+    let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(ef * 2);
+    let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
+    for &e in entry {
+        if visited.insert(e.1) {
+            candidates.push(Reverse(e));
+            if keep(e.1) {
+                results.push(e);
+            }
+        }
+    }
+    while results.len() > ef {
+        results.pop();
+    }
+    let mut links = Vec::with_capacity(64);
+    while let Some(Reverse(c)) = candidates.pop() {
+        let worst = results.peek().map_or(f32::INFINITY, |w| w.0);
+        if results.len() >= ef && c.0 > worst {
+            break;
+        }
+        graph.links(c.1, layer, &mut links)?;
+        // Mark the unseen neighbours first and start loading all their vectors, so that the
+        // loads overlap instead of each distance waiting for its own.
+        links.retain(|&n| visited.insert(n));
+        for &n in &links {
+            graph.prefetch_node(n);
+        }
+        for &n in &links {
+            let d = graph.coarse_distance(query, n);
+            let worst = results.peek().map_or(f32::INFINITY, |w| w.0);
+            if results.len() < ef || d < worst {
+                candidates.push(Reverse(Scored(d, n)));
+                if keep(n) {
+                    results.push(Scored(d, n));
+                    if results.len() > ef {
+                        results.pop();
+                    }
+                }
+            }
+        }
+    }
+    Ok(results.into_sorted_vec())
+}
+
+/// The `k` nearest points to the unit vector `query` whose doc numbers `keep` accepts, as
+/// (doc, cosine similarity), nearest first: a greedy descent from `entry` (node, level) through
+/// the upper layers, a best-first search of layer 0 with `ef` candidates on the f16 rows, and
+/// those candidates ranked by the f32 rows.
+pub(super) fn search_graph<W: Walk>(
+    graph: &W,
+    entry: Option<(u32, u8)>,
+    query: &[f32],
+    k: usize,
+    ef: usize,
+    keep: &dyn Fn(u64) -> bool,
+) -> Result<Vec<(u64, f32)>, W::Error> {
+    let Some((mut ep, top)) = entry else {
+        return Ok(Vec::new());
+    };
+    if query.len() != graph.dim() || k == 0 {
+        return Ok(Vec::new());
+    }
+    let mut ep_dist = graph.coarse_distance(query, ep);
+    let mut scratch = Vec::new();
+    for layer in (1..=top).rev() {
+        (ep, ep_dist) = greedy(graph, query, ep, ep_dist, layer, &mut scratch)?;
+    }
+    let keep_node = |n: u32| keep(graph.doc(n));
+    let found = VISITED.with_borrow_mut(|visited| {
+        search_layer(
+            graph,
+            query,
+            &[Scored(ep_dist, ep)],
+            ef.max(k),
+            0,
+            visited,
+            &keep_node,
+        )
+    })?;
+    // The exact order of the candidates the walk found.
+    let mut ranked: Vec<Scored> = found
+        .into_iter()
+        .map(|s| Scored(graph.exact_distance(query, s.1), s.1))
+        .collect();
+    ranked.sort_unstable();
+    Ok(ranked
+        .into_iter()
+        .take(k)
+        .map(|s| (graph.doc(s.1), 1.0 - s.0))
+        .collect())
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -763,14 +873,10 @@ impl<'a> Reader<'a> {
             .at
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
-            .ok_or_else(|| FormatError("truncated".into()))?;
+            .ok_or_else(|| FormatError::new("truncated"))?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
-        Ok(self.take(N)?.try_into().expect("N bytes"))
     }
 }
 
@@ -792,7 +898,7 @@ fn write_le<const N: usize>(
 
 /// Asks the CPU to start loading `v` into cache (a hint; no effect elsewhere than x86-64).
 #[inline]
-fn prefetch<T>(v: &[T]) {
+pub(super) fn prefetch<T>(v: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
@@ -1007,10 +1113,129 @@ mod tests {
         assert!(Graph::read(&bytes[..bytes.len() - 3]).is_err(), "truncated");
         assert!(Graph::read(b"RIHNSW00").is_err(), "bad magic");
         // A link pointing past the last node.
-        let links_at = bytes.len() - 4 * (g.upper.len() + g.len() + g.len() * (1 + g.m0));
         let mut bad = bytes.clone();
-        bad[links_at..links_at + 4].copy_from_slice(&1u32.to_le_bytes());
-        bad[links_at + 4..links_at + 8].copy_from_slice(&9_999u32.to_le_bytes());
+        set_link(&mut bad, 0, 1, 9_999);
         assert!(Graph::read(&bad).is_err(), "dangling link");
+    }
+
+    /// The byte offset of node `node`'s layer-0 slot in a format-2 file.
+    fn links0_at(bytes: &[u8], node: usize) -> usize {
+        let (_, header, end) = read_header(bytes).unwrap();
+        let m0 = 2 * header.m as usize;
+        Layout::new(end, &header).unwrap().links0 + node * 4 * (1 + m0)
+    }
+
+    /// Sets word `word` of node `node`'s layer-0 slot (0: the count; then the links).
+    fn set_link(bytes: &mut [u8], node: usize, word: usize, value: u32) {
+        let at = links0_at(bytes, node) + 4 * word;
+        bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    #[test]
+    fn a_mapped_graph_answers_like_the_owned_one_and_damage_is_an_error_not_a_panic() {
+        use super::super::graph_file::MappedGraph;
+        let points = unit_vectors(1500, 16, 6);
+        let g = build(&points, 300);
+        let mut bytes = Vec::new();
+        g.write(&mut bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let mapped = MappedGraph::open(&write("good.bin", &bytes))
+            .unwrap()
+            .unwrap();
+        assert_eq!((mapped.len(), mapped.dim()), (1500, 16));
+        mapped.validate().unwrap();
+        for q in points.iter().step_by(61) {
+            let keep = |d: u64| !d.is_multiple_of(3);
+            assert_eq!(
+                mapped.search(q, 10, 32, &keep).unwrap(),
+                g.search(q, 10, 32, &keep)
+            );
+        }
+
+        // Cut short anywhere: refused at open, before any walk.
+        for cut in [0, 7, 13, bytes.len() / 3, bytes.len() - 1] {
+            let path = write("short.bin", &bytes[..cut]);
+            assert!(MappedGraph::open(&path).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(MappedGraph::open(&write("long.bin", &long)).is_err());
+
+        // Damaged lists open (only the header is read) but every walk that meets one stops
+        // with an error, and a full validation finds them.
+        let (nodes, m0) = (g.len(), g.m0);
+        for (what, word, value) in [
+            ("a count past the slot", 0, (m0 + 1) as u32),
+            ("a count of u32::MAX", 0, u32::MAX),
+            ("a link past the last node", 1, nodes as u32),
+            ("a link of u32::MAX", 1, u32::MAX),
+        ] {
+            let mut bad = bytes.clone();
+            for node in 0..nodes {
+                if word == 1 {
+                    set_link(&mut bad, node, 0, 1);
+                }
+                set_link(&mut bad, node, word, value);
+            }
+            let mapped = MappedGraph::open(&write("bad.bin", &bad)).unwrap().unwrap();
+            assert!(mapped.validate().is_err(), "{what}: validate");
+            for q in points.iter().step_by(97) {
+                let err = mapped.search(q, 10, 32, &|_| true).unwrap_err();
+                assert!(
+                    err.to_string().contains("links are damaged"),
+                    "{what}: {err}"
+                );
+            }
+            assert!(Graph::read(&bad).is_err(), "{what}: full read");
+        }
+
+        // The entry point out of range is refused at open.
+        let mut bad = bytes.clone();
+        let (_, mut header, end) = read_header(&bad).unwrap();
+        header.entry = Some((nodes as u32 + 5, 0));
+        let encoded = bincode::serde::encode_to_vec(&header, bincode::config::standard()).unwrap();
+        if encoded.len() == end - 12 {
+            bad[12..end].copy_from_slice(&encoded);
+            assert!(MappedGraph::open(&write("entry.bin", &bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn format_1_files_still_read() {
+        let points = unit_vectors(300, 8, 7);
+        let g = build(&points, 100);
+        // Format 1: no f16 rows, no padding.
+        let header =
+            bincode::serde::encode_to_vec(g.header(), bincode::config::standard()).unwrap();
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC_V1);
+        v1.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        v1.extend_from_slice(&header);
+        v1.extend(g.vectors.iter().flat_map(|x| x.to_le_bytes()));
+        v1.extend(g.docs.iter().flat_map(|x| x.to_le_bytes()));
+        v1.extend_from_slice(&g.levels);
+        let load = |a: &AtomicU32| a.load(AtomicOrdering::Relaxed).to_le_bytes();
+        v1.extend(g.links0.iter().flat_map(load));
+        v1.extend(g.upper_at.iter().flat_map(|x| x.to_le_bytes()));
+        v1.extend(g.upper.iter().flat_map(load));
+        let back = Graph::read(&v1).unwrap();
+        for q in points.iter().step_by(29) {
+            assert_eq!(
+                back.search(q, 5, 32, &|_| true),
+                g.search(q, 5, 32, &|_| true)
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.bin");
+        std::fs::write(&path, &v1).unwrap();
+        assert!(matches!(
+            super::super::graph_file::MappedGraph::open(&path),
+            Ok(None)
+        ));
     }
 }

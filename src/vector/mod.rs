@@ -5,10 +5,20 @@
 //! tombstone set that every search filters out during the walk; when tombstones pass a fifth of
 //! the points, the graph is rebuilt from the store at the next dump. A dump goes to a fresh
 //! directory, is fsynced and checksummed, and only then is the manifest that names it replaced
-//! (atomically). On open the checksums are verified and the graph file is checked link by link
-//! (invariant 6 of ARCHITECTURE.md)
-//! before it is used, and the change log is replayed from the manifest's sequence.
+//! (atomically); the manifest also carries the point and tombstone counts, so `stats` reads no
+//! graph. The writer's open verifies the checksums and checks the graph file link by link
+//! (invariant 6 of ARCHITECTURE.md) before it loads it, then replays the change log from the
+//! manifest's sequence.
+//!
+//! A read-only index (another process writes) maps the dump's graph file instead
+//! ([`graph_file::MappedGraph`]): opening it costs the header, a search touches the pages its
+//! walk reads and checks each link list it meets, and `check` verifies the whole file. The
+//! changes it replays after the dump go to a short list searched exactly beside the walk; once
+//! that list is long, the next catch-up maps the writer's newer dump.
+//!
+//! Not here: the graph itself (`hnsw.rs`), its file format (`graph_file.rs`).
 
+mod graph_file;
 mod hnsw;
 
 use std::collections::{BTreeMap, HashSet};
@@ -19,6 +29,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
+pub use graph_file::MappedGraph;
 pub use hnsw::Graph;
 
 use crate::error::IndexError;
@@ -176,6 +187,8 @@ impl Default for HnswParams {
 
 /// Changes after which the writer dumps the graph even without a close.
 pub const DUMP_EVERY: usize = 20_000;
+/// Points a read-only index holds beside its mapped dump before it maps a newer one.
+const REMAP_AFTER: usize = 2_000;
 /// The manifest format this code writes; any other means a rebuild.
 const MANIFEST_FORMAT: u32 = 2;
 const GRAPH_FILE: &str = "graph.bin";
@@ -189,6 +202,12 @@ struct Manifest {
     embedder: Option<String>,
     /// blake3 of every file in `dir`.
     files: BTreeMap<String, String>,
+    /// Points in the dump, live or not (absent in manifests written before 2026-12-02).
+    #[serde(default)]
+    points: Option<usize>,
+    /// Tombstoned points in the dump (absent in manifests written before 2026-12-02).
+    #[serde(default)]
+    tombstones: Option<usize>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -198,7 +217,12 @@ struct Points {
 }
 
 struct State {
+    /// The writer's graph (or a reader's, rebuilt from the store when no dump was usable).
     graph: Option<Graph>,
+    /// A reader's graph: the last dump, walked in place, with its file's blake3 for `check`.
+    mapped: Option<(MappedGraph, String)>,
+    /// Points a reader replayed after its mapped dump, scored exactly at each search.
+    recent: Vec<(u64, Vec<f32>)>,
     dim: usize,
     seq: u64,
     indexed: HashSet<u64>,
@@ -211,6 +235,8 @@ pub struct VectorIndex {
     kind: EmbeddingKind,
     root: PathBuf,
     params: HnswParams,
+    /// Map the dump's graph rather than read it whole (a read-only index).
+    map_dumps: bool,
     state: RwLock<State>,
     /// True until the dump is loaded, for an index opened with [`VectorIndex::open_deferred`]:
     /// the first [`VectorIndex::catch_up`] loads it (a BM25 query never does).
@@ -237,22 +263,27 @@ impl VectorIndex {
         params: HnswParams,
         store: &Store,
     ) -> Result<VectorIndex, crate::Error> {
-        let index = Self::open_deferred(root, kind, params);
+        let mut index = Self::open_deferred(root, kind, params);
+        index.map_dumps = false;
         index.load_or_rebuild(store)?;
         *index.deferred.lock().unwrap_or_else(|e| e.into_inner()) = false;
         Ok(index)
     }
 
-    /// The index of `kind` under `root`, loaded by the first [`VectorIndex::catch_up`] rather
-    /// than now: a read-only KB opens its graphs only for the queries that walk them. Until
-    /// then it is empty.
+    /// The index of `kind` under `root` for a reader beside another process's writer, loaded
+    /// by the first [`VectorIndex::catch_up`] rather than now: a read-only KB opens its graphs
+    /// only for the queries that walk them, and then maps the dump's graph file rather than
+    /// reading it. Until then it is empty.
     pub fn open_deferred(root: &Path, kind: EmbeddingKind, params: HnswParams) -> VectorIndex {
         VectorIndex {
             kind,
             root: root.to_path_buf(),
             params,
+            map_dumps: true,
             state: RwLock::new(State {
                 graph: None,
+                mapped: None,
+                recent: Vec::new(),
                 dim: 0,
                 seq: 0,
                 indexed: HashSet::new(),
@@ -269,7 +300,17 @@ impl VectorIndex {
         let rtxn = store.read()?;
         let (last_seq, embedder) = (store.last_seq(&rtxn)?, store.embedder_id(&rtxn)?);
         drop(rtxn);
-        match index.load(last_seq, embedder.as_deref()) {
+        let mut loaded = index.load(last_seq, embedder.as_deref());
+        // A reader can read a manifest just before the writer replaces it and removes the dump
+        // it names: the next manifest names a complete one.
+        for _ in 0..2 {
+            if loaded.is_ok() || !index.map_dumps {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            loaded = index.load(last_seq, embedder.as_deref());
+        }
+        match loaded {
             Ok(()) => {
                 index.replay(store)?;
             }
@@ -309,7 +350,7 @@ impl VectorIndex {
         }
     }
 
-    fn load(&self, store_seq: u64, embedder: Option<&str>) -> Result<(), String> {
+    fn read_manifest(&self) -> Result<Manifest, String> {
         let raw = fs::read(self.manifest_path()).map_err(|e| format!("manifest: {e}"))?;
         let manifest: Manifest =
             serde_json::from_slice(&raw).map_err(|e| format!("manifest: {e}"))?;
@@ -319,6 +360,13 @@ impl VectorIndex {
                 manifest.format
             ));
         }
+        Ok(manifest)
+    }
+
+    /// Loads the dump the manifest names: its points list (small, always verified), and its
+    /// graph mapped (a reader) or read whole and verified (the writer).
+    fn load(&self, store_seq: u64, embedder: Option<&str>) -> Result<(), String> {
+        let manifest = self.read_manifest()?;
         if manifest.seq > store_seq {
             return Err("index is ahead of the store (restored backup?)".into());
         }
@@ -329,45 +377,70 @@ impl VectorIndex {
             ));
         }
         let dir = self.root.join(&manifest.dir);
-        let mut contents = BTreeMap::new();
-        for (file, expected) in &manifest.files {
+        let verified = |file: &str| -> Result<Vec<u8>, String> {
+            let expected = manifest
+                .files
+                .get(file)
+                .ok_or_else(|| format!("{file} is missing"))?;
             let bytes = fs::read(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
             if blake3::hash(&bytes).to_hex().as_str() != expected {
                 return Err(format!("{file}: checksum mismatch"));
             }
-            contents.insert(file.as_str(), bytes);
-        }
-        let points: Points = {
-            let bytes = contents.get("points.bin").ok_or("points.bin is missing")?;
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| format!("points.bin: {e}"))?
-                .0
+            Ok(bytes)
         };
-        let graph = match contents.get(GRAPH_FILE) {
-            None if points.indexed.is_empty() => None,
+        let points: Points = bincode::serde::decode_from_slice(
+            &verified("points.bin")?,
+            bincode::config::standard(),
+        )
+        .map_err(|e| format!("points.bin: {e}"))?
+        .0;
+        // A dump of an older format is rewritten by the writer's next dump.
+        let mut outdated = manifest.points.is_none();
+        let (mut graph, mut mapped) = (None, None);
+        let path = dir.join(GRAPH_FILE);
+        let (len, dim) = match manifest.files.get(GRAPH_FILE) {
+            None if points.indexed.is_empty() => (0, manifest.dim),
             None => return Err(format!("{GRAPH_FILE} is missing")),
-            Some(bytes) => {
-                let graph = Graph::read(bytes).map_err(|e| e.to_string())?;
-                if graph.len() != points.indexed.len() || graph.dim() != manifest.dim {
-                    return Err(format!(
-                        "graph has {} points of {} dimensions, manifest {} of {}",
-                        graph.len(),
-                        graph.dim(),
-                        points.indexed.len(),
-                        manifest.dim
-                    ));
+            Some(hash) => {
+                let map = if self.map_dumps {
+                    MappedGraph::open(&path).map_err(|e| format!("{}: {e}", path.display()))?
+                } else {
+                    None
+                };
+                match map {
+                    Some(map) => {
+                        let shape = (map.len(), map.dim());
+                        mapped = Some((map, hash.clone()));
+                        shape
+                    }
+                    None => {
+                        let bytes = verified(GRAPH_FILE)?;
+                        outdated |= bytes.starts_with(graph_file::MAGIC_V1);
+                        let g = Graph::read(&bytes).map_err(|e| e.to_string())?;
+                        let shape = (g.len(), g.dim());
+                        graph = Some(g);
+                        shape
+                    }
                 }
-                Some(graph)
             }
         };
+        if len != points.indexed.len() || dim != manifest.dim {
+            return Err(format!(
+                "graph has {len} points of {dim} dimensions, manifest {} of {}",
+                points.indexed.len(),
+                manifest.dim
+            ));
+        }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         *state = State {
             graph,
+            mapped,
+            recent: Vec::new(),
             dim: manifest.dim,
             seq: manifest.seq,
             indexed: points.indexed.into_iter().collect(),
             tombstones: points.tombstones.into_iter().collect(),
-            changes_since_dump: 0,
+            changes_since_dump: usize::from(outdated && !self.map_dumps),
         };
         Ok(())
     }
@@ -377,7 +450,14 @@ impl VectorIndex {
         {
             // Held while loading: concurrent first users wait for the one load.
             let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
-            if *deferred {
+            let remap = self
+                .state
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .recent
+                .len()
+                >= REMAP_AFTER;
+            if *deferred || remap {
                 self.load_or_rebuild(store)?;
                 *deferred = false;
                 return Ok(0);
@@ -458,6 +538,13 @@ impl VectorIndex {
                 ),
             ));
         }
+        if state.mapped.is_some() {
+            state.indexed.extend(inserts.iter().map(|(_, d)| *d));
+            state
+                .recent
+                .extend(inserts.into_iter().map(|(v, d)| (d, v)));
+            return Ok(());
+        }
         let dim = state.dim;
         let graph = state.graph.get_or_insert_with(|| {
             Graph::new(
@@ -488,6 +575,8 @@ impl VectorIndex {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         *state = State {
             graph: None,
+            mapped: None,
+            recent: Vec::new(),
             dim: 0,
             seq,
             indexed: HashSet::new(),
@@ -523,9 +612,13 @@ impl VectorIndex {
         // applies changes, so the graph does not move under the dump.
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let pending = state.changes_since_dump;
-        let dir_name = format!("{}-{}", self.name(), state.seq);
+        // A new directory each time, never the one the manifest names: a reader may have
+        // mapped its graph, and its files are never written again.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir_name = format!("{}-{}-{nanos:x}", self.name(), state.seq);
         let dir = self.root.join(&dir_name);
-        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| self.err(&dir, e))?;
         let mut files = BTreeMap::new();
         if let Some(graph) = &state.graph {
@@ -562,6 +655,8 @@ impl VectorIndex {
             dim: state.dim,
             embedder,
             files,
+            points: Some(state.indexed.len()),
+            tombstones: Some(state.tombstones.len()),
         };
         let tmp = self.root.join(format!("{}.manifest.json.tmp", self.name()));
         write_synced(
@@ -596,18 +691,16 @@ impl VectorIndex {
     }
 
     /// The `k` nearest live points to `query` (normalised here) that `accept` lets through, as
-    /// (doc, cosine similarity), best first. `cross_modal` picks the wider search width.
+    /// (doc, cosine similarity), best first. `cross_modal` picks the wider search width. A
+    /// mapped graph whose walk meets a damaged link list is an error naming the file.
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
         cross_modal: bool,
         accept: &dyn Fn(u64) -> bool,
-    ) -> Vec<(u64, f32)> {
+    ) -> Result<Vec<(u64, f32)>, crate::Error> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let Some(graph) = &state.graph else {
-            return Vec::new();
-        };
         let mut q = query.to_vec();
         crate::embed::normalize(&mut q);
         let base = if cross_modal {
@@ -617,7 +710,27 @@ impl VectorIndex {
         };
         let tombstones = &state.tombstones;
         let keep = |d: u64| !tombstones.contains(&d) && accept(d);
-        graph.search(&q, k, base, &keep)
+        if let Some((mapped, _)) = &state.mapped {
+            let mut found = mapped
+                .search(&q, k, base, &keep)
+                .map_err(|e| self.err(mapped.path(), e))?;
+            if !state.recent.is_empty() && q.len() == state.dim {
+                found.extend(
+                    state
+                        .recent
+                        .iter()
+                        .filter(|(d, _)| keep(*d))
+                        .map(|(d, v)| (*d, dot(&q, v))),
+                );
+                found.sort_by(|a, b| b.1.total_cmp(&a.1));
+                found.truncate(k);
+            }
+            return Ok(found);
+        }
+        Ok(match &state.graph {
+            Some(graph) => graph.search(&q, k, base, &keep),
+            None => Vec::new(),
+        })
     }
 
     /// Live doc numbers (indexed and not tombstoned), sorted.
@@ -630,6 +743,41 @@ impl VectorIndex {
             .collect();
         docs.sort_unstable();
         docs
+    }
+
+    /// The counts of [`VectorIndex::counts`] without loading a deferred index when its dump's
+    /// manifest is as recent as the store (the usual case once the writer has closed): `stats`
+    /// then reads no graph.
+    pub fn counts_from_dump(&self, store: &Store) -> Result<VectorCounts, crate::Error> {
+        let deferred = *self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        if deferred
+            && let Ok(manifest) = self.read_manifest()
+            && let (Some(points), Some(tombstones)) = (manifest.points, manifest.tombstones)
+        {
+            let rtxn = store.read()?;
+            if store.last_seq(&rtxn)? == manifest.seq {
+                return Ok(VectorCounts {
+                    points,
+                    tombstones,
+                    seq: manifest.seq,
+                });
+            }
+        }
+        self.catch_up(store)?;
+        Ok(self.counts())
+    }
+
+    /// Verifies a mapped graph in full (its checksum, then every link list): what the writer's
+    /// open does before it loads a dump. Nothing to do for an index in memory.
+    pub fn verify(&self) -> Result<(), IndexError> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let Some((mapped, expected)) = &state.mapped else {
+            return Ok(());
+        };
+        if blake3::hash(mapped.bytes()).to_hex().as_str() != expected {
+            return Err(self.err(mapped.path(), "checksum mismatch"));
+        }
+        mapped.validate().map_err(|e| self.err(mapped.path(), e))
     }
 
     /// Point, tombstone and sequence counts.
