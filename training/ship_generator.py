@@ -124,6 +124,14 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
     for s in stages:
         gaps = ", ".join(f"{e['samples'] // 1000}k: {e['gap']:+.4f}" for e in s["state"]["evals"])
         lines.append(f"- `{s['name']}`: {gaps}")
+    starts = [s for s in stages if s["state"].get("init_from")]
+    if starts:
+        lines += ["", "Warm starts (`train_reimagen.py --init-from`: the weights of an earlier "
+                  "export, a fresh optimiser; the counts above include the earlier training):", ""]
+        for s in starts:
+            init = s["state"]["init_from"]
+            lines.append(f"- `{s['name']}`: from {init.get('samples') or 0:,} samples "
+                         f"({init.get('prediction_type', s['cfg'].prediction_type)} then)")
     lines += [
         "",
         "## License",
