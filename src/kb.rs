@@ -30,7 +30,7 @@ use crate::store::Store;
 use crate::store::records::{EmbeddingKind, ImageId, PathRecord, QuarantineRecord};
 use crate::store::writer::{WriteOp, WriteOutcome, Writer};
 use crate::text::{TextIndex, TextLanguage};
-use crate::vector::{HnswParams, VectorIndex};
+use crate::vector::{GraphEngine, HnswParams, VectorIndex};
 
 mod indices;
 mod types;
@@ -61,6 +61,10 @@ pub struct KbConfig {
     /// stemming). Changing it rebuilds the text index on next open.
     #[serde(default)]
     pub language: TextLanguage,
+    /// The HNSW implementation of the two graphs: `own` (the default, left out of the file) or
+    /// `hnsw_rs`. Changing it rebuilds the graphs on the next open for writing.
+    #[serde(default, skip_serializing_if = "GraphEngine::is_own")]
+    pub graph: GraphEngine,
 }
 
 fn one() -> u32 {
@@ -110,6 +114,7 @@ pub struct Builder {
     hnsw: HnswParams,
     map_size: usize,
     language: Option<TextLanguage>,
+    graph: Option<GraphEngine>,
     progress: Option<ProgressFn>,
 }
 
@@ -118,6 +123,23 @@ impl Builder {
     /// one there (the text index is then rebuilt). By default the one in `kb.toml`.
     pub fn language(mut self, language: TextLanguage) -> Builder {
         self.language = Some(language);
+        self
+    }
+
+    /// Sets the graph engine: written to `kb.toml` when it differs from the one there (the
+    /// graphs are then rebuilt). By default the one in `kb.toml`, and [`GraphEngine::Own`] for
+    /// a new KB.
+    ///
+    /// ```
+    /// # fn main() -> reimagen::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use reimagen::{GraphEngine, KnowledgeBase};
+    /// let kb = KnowledgeBase::builder(dir.path()).create(true).graph(GraphEngine::HnswRs).open()?;
+    /// assert_eq!(kb.config().graph, GraphEngine::HnswRs);
+    /// # Ok(()) }
+    /// ```
+    pub fn graph(mut self, engine: GraphEngine) -> Builder {
+        self.graph = Some(engine);
         self
     }
 
@@ -196,10 +218,20 @@ impl Builder {
                 path: config_path.clone(),
                 reason: e.to_string(),
             })?;
+            let mut changed = false;
             if let Some(language) = self.language
                 && language != config.language
             {
                 config.language = language;
+                changed = true;
+            }
+            if let Some(graph) = self.graph
+                && graph != config.graph
+            {
+                config.graph = graph;
+                changed = true;
+            }
+            if changed {
                 fs::write(
                     &config_path,
                     toml::to_string(&config).expect("config serializes"),
@@ -212,6 +244,7 @@ impl Builder {
             let config = KbConfig {
                 format: 1,
                 language: self.language.unwrap_or_default(),
+                graph: self.graph.unwrap_or_default(),
                 ..KbConfig::default()
             };
             fs::write(
@@ -292,8 +325,20 @@ impl Builder {
                     progress("rebuilding the text index", p);
                 }
             })?,
-            image: VectorIndex::open(&vectors, EmbeddingKind::Image, self.hnsw, &store)?,
-            text_vectors: VectorIndex::open(&vectors, EmbeddingKind::Text, self.hnsw, &store)?,
+            image: VectorIndex::open(
+                &vectors,
+                EmbeddingKind::Image,
+                self.hnsw,
+                config.graph,
+                &store,
+            )?,
+            text_vectors: VectorIndex::open(
+                &vectors,
+                EmbeddingKind::Text,
+                self.hnsw,
+                config.graph,
+                &store,
+            )?,
         });
         let writer = Writer::spawn(store.clone(), Box::new(Sink(indices.clone())));
         Ok(KnowledgeBase {
@@ -347,8 +392,18 @@ impl Builder {
         let indices = Arc::new(Indices {
             text: TextIndex::open_read_only(&dir.join("text-index"), config.language)?,
             // Loaded by the first query that walks them (`refresh`): a BM25 query never does.
-            image: VectorIndex::open_deferred(&vectors, EmbeddingKind::Image, self.hnsw),
-            text_vectors: VectorIndex::open_deferred(&vectors, EmbeddingKind::Text, self.hnsw),
+            image: VectorIndex::open_deferred(
+                &vectors,
+                EmbeddingKind::Image,
+                self.hnsw,
+                config.graph,
+            ),
+            text_vectors: VectorIndex::open_deferred(
+                &vectors,
+                EmbeddingKind::Text,
+                self.hnsw,
+                config.graph,
+            ),
         });
         Ok(KnowledgeBase {
             dir,
@@ -420,6 +475,7 @@ impl KnowledgeBase {
             hnsw: HnswParams::default(),
             map_size: crate::store::INITIAL_MAP_SIZE,
             language: None,
+            graph: None,
             progress: None,
         }
     }

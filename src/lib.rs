@@ -65,7 +65,7 @@ pub use search::{FusionWeights, Hit, Provenance, Query, QueryImage, Retriever, S
 pub use store::records::{EmbeddingKind, ImageId, PathRecord, QuarantineRecord};
 pub use tensor::{Device, DeviceChoice, Tensor, TensorError};
 pub use text::{Filters, TextLanguage, UnknownLanguage, name_key};
-pub use vector::{HnswParams, VectorCounts};
+pub use vector::{GraphEngine, HnswParams, VectorCounts};
 pub use watch::{
     DaemonState, QuarantinedFile, RootStatus, ScanReport, WatchCounters, WatchMode, WatchOptions,
     WatchStatus, Watcher, daemon_status, open_when_free,

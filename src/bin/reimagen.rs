@@ -534,7 +534,10 @@ enum BenchCommand {
         /// Noise added to every dimension of an embedding.
         #[arg(long, default_value_t = 0.02)]
         noise: f32,
-        /// Print the report as JSON.
+        /// Graph engines to measure, one KB each, in this order (`own`, `hnsw_rs`).
+        #[arg(long, value_delimiter = ',', default_value = "own")]
+        graph: Vec<reimagen::GraphEngine>,
+        /// Print the report as JSON (an array of reports with more than one engine).
         #[arg(long)]
         json: bool,
     },
@@ -700,11 +703,11 @@ fn main() -> ExitCode {
     unsafe { reimagen::tensor::quiet_headless_vulkan() };
     let cli = parse_cli();
     let filter = match cli.verbose {
-        0 if matches!(cli.command, Command::Watch { .. }) => "info,tantivy=warn",
+        0 if matches!(cli.command, Command::Watch { .. }) => "info,tantivy=warn,hnsw_rs=warn",
         // resvg warns of every odd attribute in the emoji SVGs; the renders are checked by eye.
         0 if matches!(cli.command, Command::Dataset(_)) => "warn,usvg=error,tiny_skia=error",
         0 => "warn",
-        1 => "info,tantivy=warn",
+        1 => "info,tantivy=warn,hnsw_rs=warn",
         _ => "debug",
     };
     tracing_subscriber::fmt()
@@ -1363,10 +1366,11 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
             ef_construction,
             spread,
             noise,
+            graph,
             json,
         } => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
-            let kb_dir = match keep_kb {
+            let kb_root = match keep_kb {
                 Some(kept) if kept.exists() => {
                     bail!(
                         "{}: --keep-kb needs a folder that does not exist",
@@ -1390,11 +1394,33 @@ fn run_bench(bench: BenchCommand) -> anyhow::Result<ExitCode> {
                 cold_exe: std::env::current_exe().ok(),
                 ..reimagen::bench::KbBenchOptions::default()
             };
-            let bar = spinner("benchmarking");
-            let report =
-                reimagen::bench::run_kb(&kb_dir, &opts, &|m| bar.set_message(m.to_string()))?;
-            bar.finish_and_clear();
-            print_report(&report, json)?;
+            let mut reports = Vec::new();
+            for engine in &graph {
+                // One engine: the KB in DIR; several: DIR/<engine> each.
+                let kb_dir = if graph.len() == 1 {
+                    kb_root.clone()
+                } else {
+                    kb_root.join(engine.name())
+                };
+                let opts = reimagen::bench::KbBenchOptions {
+                    graph: *engine,
+                    ..opts.clone()
+                };
+                let bar = spinner(&format!("benchmarking ({engine} graph)"));
+                let report =
+                    reimagen::bench::run_kb(&kb_dir, &opts, &|m| bar.set_message(m.to_string()))?;
+                bar.finish_and_clear();
+                reports.push(report);
+            }
+            match reports.as_slice() {
+                [one] => print_report(one, json)?,
+                all if json => out!("{}", serde_json::to_string_pretty(all)?),
+                all => {
+                    for report in all {
+                        out!("{report}\n");
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Clip {

@@ -16,10 +16,16 @@
 //! changes it replays after the dump go to a short list searched exactly beside the walk; once
 //! that list is long, the next catch-up maps the writer's newer dump.
 //!
-//! Not here: the graph itself (`hnsw.rs`), its file format (`graph_file.rs`).
+//! The graphs are the project's own by default; `graph = "hnsw_rs"` in `kb.toml` puts hnsw_rs
+//! behind the same contract ([`GraphEngine`]; its dumps are checked against their checksums
+//! before hnsw_rs reads them, and readers load them whole).
+//!
+//! Not here: the graph itself (`hnsw.rs`), its file format (`graph_file.rs`), the hnsw_rs
+//! wrapper (`hnsw_rs_graph.rs`).
 
 mod graph_file;
 mod hnsw;
+mod hnsw_rs_graph;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -35,6 +41,7 @@ pub use hnsw::Graph;
 use crate::error::IndexError;
 use crate::store::Store;
 use crate::store::records::{Change, ChangeKind, EmbeddingKind};
+use hnsw_rs_graph::HnswRsGraph;
 
 /// Dot product. On x86-64 with AVX2 and FMA (checked once, at run time) it runs 16 lanes of
 /// fused multiply-adds; elsewhere eight independent accumulators let the compiler vectorise.
@@ -156,6 +163,91 @@ unsafe fn dot_f16_avx2(a: &[f32], b: &[half::f16]) -> f32 {
             .sum::<f32>()
 }
 
+/// Which HNSW implementation a KB's graphs use: `graph` in `kb.toml`.
+///
+/// By default the project's own ([`GraphEngine::Own`]); hnsw_rs stays selectable, and is the
+/// in-run baseline of `reimagen bench kb --graph own,hnsw_rs` (ARCHITECTURE.md, decision 7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GraphEngine {
+    /// The flat-array graph (`src/vector/hnsw.rs`): f16 walk, exact re-rank, mapped by readers.
+    #[default]
+    #[serde(rename = "own")]
+    Own,
+    /// hnsw_rs 0.3: its dumps checked against their checksums before it loads them; a reader
+    /// loads the whole graph.
+    #[serde(rename = "hnsw_rs")]
+    HnswRs,
+}
+
+impl GraphEngine {
+    /// The name `kb.toml` and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphEngine::Own => "own",
+            GraphEngine::HnswRs => "hnsw_rs",
+        }
+    }
+
+    /// Whether this is the default engine (left out of `kb.toml`).
+    pub fn is_own(&self) -> bool {
+        *self == GraphEngine::Own
+    }
+}
+
+impl std::fmt::Display for GraphEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for GraphEngine {
+    type Err = String;
+
+    /// `own` or `hnsw_rs`.
+    ///
+    /// ```
+    /// assert_eq!("hnsw_rs".parse(), Ok(reimagen::GraphEngine::HnswRs));
+    /// assert!("faiss".parse::<reimagen::GraphEngine>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "own" => Ok(GraphEngine::Own),
+            "hnsw_rs" => Ok(GraphEngine::HnswRs),
+            other => Err(format!("unknown graph engine `{other}` (own, hnsw_rs)")),
+        }
+    }
+}
+
+/// A graph held in memory: the writer's, or a reader's that could not map its dump.
+// One per index: the size of the value does not matter, and a box would be one more hop per call.
+#[allow(clippy::large_enum_variant)]
+enum Resident {
+    Own(Graph),
+    HnswRs(HnswRsGraph),
+}
+
+impl Resident {
+    fn insert(&mut self, points: &[(&[f32], u64)]) {
+        match self {
+            Resident::Own(g) => g.insert(points),
+            Resident::HnswRs(g) => g.insert(points),
+        }
+    }
+
+    fn search(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        keep: &dyn Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
+        match self {
+            Resident::Own(g) => g.search(q, k, ef, keep),
+            Resident::HnswRs(g) => g.search(q, k, ef, keep),
+        }
+    }
+}
+
 /// Graph parameters.
 ///
 /// By default: 16 links per node, `ef_construction` 48, and search widths of 32 for
@@ -208,6 +300,9 @@ struct Manifest {
     /// Tombstoned points in the dump (absent in manifests written before 2026-12-02).
     #[serde(default)]
     tombstones: Option<usize>,
+    /// The engine that wrote the graph files (`own` in manifests written before 2026-12-02).
+    #[serde(default)]
+    engine: GraphEngine,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -217,8 +312,9 @@ struct Points {
 }
 
 struct State {
-    /// The writer's graph (or a reader's, rebuilt from the store when no dump was usable).
-    graph: Option<Graph>,
+    /// The writer's graph (or a reader's: hnsw_rs, or rebuilt from the store when no dump was
+    /// usable).
+    graph: Option<Resident>,
     /// A reader's graph: the last dump, walked in place, with its file's blake3 for `check`.
     mapped: Option<(MappedGraph, String)>,
     /// Points a reader replayed after its mapped dump, scored exactly at each search.
@@ -235,6 +331,7 @@ pub struct VectorIndex {
     kind: EmbeddingKind,
     root: PathBuf,
     params: HnswParams,
+    engine: GraphEngine,
     /// Map the dump's graph rather than read it whole (a read-only index).
     map_dumps: bool,
     state: RwLock<State>,
@@ -261,9 +358,10 @@ impl VectorIndex {
         root: &Path,
         kind: EmbeddingKind,
         params: HnswParams,
+        engine: GraphEngine,
         store: &Store,
     ) -> Result<VectorIndex, crate::Error> {
-        let mut index = Self::open_deferred(root, kind, params);
+        let mut index = Self::open_deferred(root, kind, params, engine);
         index.map_dumps = false;
         index.load_or_rebuild(store)?;
         *index.deferred.lock().unwrap_or_else(|e| e.into_inner()) = false;
@@ -274,11 +372,17 @@ impl VectorIndex {
     /// by the first [`VectorIndex::catch_up`] rather than now: a read-only KB opens its graphs
     /// only for the queries that walk them, and then maps the dump's graph file rather than
     /// reading it. Until then it is empty.
-    pub fn open_deferred(root: &Path, kind: EmbeddingKind, params: HnswParams) -> VectorIndex {
+    pub fn open_deferred(
+        root: &Path,
+        kind: EmbeddingKind,
+        params: HnswParams,
+        engine: GraphEngine,
+    ) -> VectorIndex {
         VectorIndex {
             kind,
             root: root.to_path_buf(),
             params,
+            engine,
             map_dumps: true,
             state: RwLock::new(State {
                 graph: None,
@@ -367,6 +471,12 @@ impl VectorIndex {
     /// graph mapped (a reader) or read whole and verified (the writer).
     fn load(&self, store_seq: u64, embedder: Option<&str>) -> Result<(), String> {
         let manifest = self.read_manifest()?;
+        if manifest.engine != self.engine {
+            return Err(format!(
+                "dump written by the {} graph engine, kb.toml asks for {}",
+                manifest.engine, self.engine
+            ));
+        }
         if manifest.seq > store_seq {
             return Err("index is ahead of the store (restored backup?)".into());
         }
@@ -377,17 +487,7 @@ impl VectorIndex {
             ));
         }
         let dir = self.root.join(&manifest.dir);
-        let verified = |file: &str| -> Result<Vec<u8>, String> {
-            let expected = manifest
-                .files
-                .get(file)
-                .ok_or_else(|| format!("{file} is missing"))?;
-            let bytes = fs::read(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
-            if blake3::hash(&bytes).to_hex().as_str() != expected {
-                return Err(format!("{file}: checksum mismatch"));
-            }
-            Ok(bytes)
-        };
+        let verified = |file: &str| verified_read(&dir, file, &manifest.files);
         let points: Points = bincode::serde::decode_from_slice(
             &verified("points.bin")?,
             bincode::config::standard(),
@@ -399,6 +499,20 @@ impl VectorIndex {
         let (mut graph, mut mapped) = (None, None);
         let path = dir.join(GRAPH_FILE);
         let (len, dim) = match manifest.files.get(GRAPH_FILE) {
+            _ if self.engine == GraphEngine::HnswRs && points.indexed.is_empty() => {
+                (0, manifest.dim)
+            }
+            _ if self.engine == GraphEngine::HnswRs => {
+                // hnsw_rs trusts its files (lengths it reads size allocations; a short read
+                // ends the process): they must be the bytes this crate saw it write.
+                for file in hnsw_rs_graph::FILES {
+                    verified(file)?;
+                }
+                let g = HnswRsGraph::load(&dir, manifest.dim)?;
+                let shape = (g.len(), manifest.dim);
+                graph = Some(Resident::HnswRs(g));
+                shape
+            }
             None if points.indexed.is_empty() => (0, manifest.dim),
             None => return Err(format!("{GRAPH_FILE} is missing")),
             Some(hash) => {
@@ -416,9 +530,10 @@ impl VectorIndex {
                     None => {
                         let bytes = verified(GRAPH_FILE)?;
                         outdated |= bytes.starts_with(graph_file::MAGIC_V1);
-                        let g = Graph::read(&bytes).map_err(|e| e.to_string())?;
+                        let g =
+                            Graph::read(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                         let shape = (g.len(), g.dim());
-                        graph = Some(g);
+                        graph = Some(Resident::Own(g));
                         shape
                     }
                 }
@@ -546,12 +661,19 @@ impl VectorIndex {
             return Ok(());
         }
         let dim = state.dim;
-        let graph = state.graph.get_or_insert_with(|| {
-            Graph::new(
+        let capacity = inserts.len();
+        let graph = state.graph.get_or_insert_with(|| match self.engine {
+            GraphEngine::Own => Resident::Own(Graph::new(
                 dim,
                 self.params.max_connections,
                 self.params.ef_construction,
-            )
+            )),
+            GraphEngine::HnswRs => Resident::HnswRs(HnswRsGraph::new(
+                dim,
+                self.params.max_connections,
+                self.params.ef_construction,
+                capacity,
+            )),
         });
         let refs: Vec<(&[f32], u64)> = inserts.iter().map(|(v, d)| (v.as_slice(), *d)).collect();
         graph.insert(&refs);
@@ -621,15 +743,27 @@ impl VectorIndex {
         let dir = self.root.join(&dir_name);
         fs::create_dir_all(&dir).map_err(|e| self.err(&dir, e))?;
         let mut files = BTreeMap::new();
-        if let Some(graph) = &state.graph {
-            let cut_off = graph.repair();
-            if cut_off > 0 {
-                tracing::debug!(cut_off, index = self.name(), "relinked cut-off graph nodes");
+        match &state.graph {
+            Some(Resident::Own(graph)) => {
+                let cut_off = graph.repair();
+                if cut_off > 0 {
+                    tracing::debug!(cut_off, index = self.name(), "relinked cut-off graph nodes");
+                }
+                let path = dir.join(GRAPH_FILE);
+                let hash =
+                    write_hashed(&path, |out| graph.write(out)).map_err(|e| self.err(&path, e))?;
+                files.insert(GRAPH_FILE.to_string(), hash);
             }
-            let path = dir.join(GRAPH_FILE);
-            let hash =
-                write_hashed(&path, |out| graph.write(out)).map_err(|e| self.err(&path, e))?;
-            files.insert(GRAPH_FILE.to_string(), hash);
+            Some(Resident::HnswRs(graph)) => {
+                for file in graph.dump(&dir).map_err(|e| self.err(&dir, e))? {
+                    let path = dir.join(file);
+                    let file_handle = fs::File::open(&path).map_err(|e| self.err(&path, e))?;
+                    file_handle.sync_all().map_err(|e| self.err(&path, e))?;
+                    let bytes = fs::read(&path).map_err(|e| self.err(&path, e))?;
+                    files.insert(file.to_string(), blake3::hash(&bytes).to_hex().to_string());
+                }
+            }
+            None => {}
         }
         let mut indexed: Vec<u64> = state.indexed.iter().copied().collect();
         let mut tombstones: Vec<u64> = state.tombstones.iter().copied().collect();
@@ -657,6 +791,7 @@ impl VectorIndex {
             files,
             points: Some(state.indexed.len()),
             tombstones: Some(state.tombstones.len()),
+            engine: self.engine,
         };
         let tmp = self.root.join(format!("{}.manifest.json.tmp", self.name()));
         write_synced(
@@ -789,6 +924,27 @@ impl VectorIndex {
             seq: state.seq,
         }
     }
+}
+
+/// Reads `file` of the dump in `dir` and checks it against the blake3 in `files`; the error names
+/// the file and says what is wrong with it.
+fn verified_read(
+    dir: &Path,
+    file: &str,
+    files: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let path = dir.join(file);
+    let expected = files
+        .get(file)
+        .ok_or_else(|| format!("{}: not in the manifest", path.display()))?;
+    let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if blake3::hash(&bytes).to_hex().as_str() != expected {
+        return Err(format!(
+            "{}: checksum mismatch (the file changed after it was written)",
+            path.display()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Writes a file through `write`, fsyncs it, and returns the blake3 of what was written.
