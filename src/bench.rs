@@ -428,12 +428,7 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
     let ingest_secs = start.elapsed().as_secs_f64();
 
     progress("querying");
-    let time = |query: &Query| -> Result<f64> {
-        let t = Instant::now();
-        let hits = kb.search(query)?;
-        std::hint::black_box(hits);
-        Ok(t.elapsed().as_secs_f64() * 1e3)
-    };
+    let time = |query: &Query| millis(|| kb.search(query));
     let mut bm25 = Vec::new();
     let mut clip = Vec::new();
     let mut hybrid = Vec::new();
@@ -447,12 +442,10 @@ pub fn run_kb(dir: &Path, opts: &KbBenchOptions, progress: &dyn Fn(&str)) -> Res
         // The bare call and the end-to-end one on the same query, which first alternating: the
         // second finds the first's pages in cache.
         let bare = || -> Result<(f64, f64)> {
-            let t = Instant::now();
-            std::hint::black_box(text_index.search(q, &no_filters, 10)?);
-            let bm25 = t.elapsed().as_secs_f64() * 1e3;
-            let t = Instant::now();
-            std::hint::black_box(image_index.search(&w.query_vectors[i], 10, true, &|_| true)?);
-            Ok((bm25, t.elapsed().as_secs_f64() * 1e3))
+            Ok((
+                millis(|| text_index.search(q, &no_filters, 10))?,
+                millis(|| image_index.search(&w.query_vectors[i], 10, true, &|_| true))?,
+            ))
         };
         let e2e = || -> Result<(f64, f64)> {
             Ok((
@@ -655,4 +648,13 @@ fn export_workload(dir: &Path, w: &Workload) -> Result<()> {
     write_lines("queries.txt", &w.query_texts)?;
     write_vectors("vectors.f32", &w.vectors)?;
     write_vectors("query_vectors.f32", &w.query_vectors)
+}
+/// The wall time of one call, in milliseconds (its result kept from the optimiser).
+fn millis<T, E>(call: impl FnOnce() -> std::result::Result<T, E>) -> Result<f64>
+where
+    crate::Error: From<E>,
+{
+    let t = Instant::now();
+    std::hint::black_box(call()?);
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }

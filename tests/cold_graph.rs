@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{ToyEmbedder, colour_png};
-use reimagen::{KnowledgeBase, NewPair, Query, QueryImage, SearchMode};
+use common::{ToyEmbedder, populate};
+use reimagen::{KnowledgeBase, Query, QueryImage, SearchMode};
 
 fn toy() -> Arc<ToyEmbedder> {
     Arc::new(ToyEmbedder { dim: 16 })
@@ -28,23 +28,6 @@ fn reader(dir: &Path) -> KnowledgeBase {
         .embedder(toy())
         .open_read_only()
         .unwrap()
-}
-
-/// `per_colour` pairs of each colour, from `from` on.
-fn populate(kb: &KnowledgeBase, from: u32, per_colour: u32) {
-    let mut pairs = Vec::new();
-    for (name, _) in common::COLOURS {
-        for seed in from..from + per_colour {
-            pairs.push(NewPair::bytes(
-                format!("{name}-{seed}.png"),
-                colour_png(name, seed),
-                format!("a {name} square number {seed}"),
-            ));
-        }
-    }
-    for r in kb.add_many(pairs) {
-        r.unwrap();
-    }
 }
 
 fn clip(kb: &KnowledgeBase, text: &str) -> reimagen::Result<Vec<reimagen::Hit>> {

@@ -6,8 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{ToyEmbedder, colour_png};
-use reimagen::{GraphEngine, KnowledgeBase, NewPair, Query, SearchMode};
+use common::{ToyEmbedder, populate};
+use reimagen::{GraphEngine, KnowledgeBase, Query, SearchMode};
 
 fn toy() -> Arc<ToyEmbedder> {
     Arc::new(ToyEmbedder { dim: 16 })
@@ -20,22 +20,6 @@ fn open(dir: &std::path::Path) -> KnowledgeBase {
         .graph(GraphEngine::HnswRs)
         .open()
         .unwrap()
-}
-
-fn populate(kb: &KnowledgeBase, from: u32, per_colour: u32) {
-    let mut pairs = Vec::new();
-    for (name, _) in common::COLOURS {
-        for seed in from..from + per_colour {
-            pairs.push(NewPair::bytes(
-                format!("{name}-{seed}.png"),
-                colour_png(name, seed),
-                format!("a {name} square number {seed}"),
-            ));
-        }
-    }
-    for r in kb.add_many(pairs) {
-        r.unwrap();
-    }
 }
 
 fn red(kb: &KnowledgeBase) -> Vec<reimagen::ImageId> {

@@ -64,6 +64,10 @@ TRAIN_DEFAULTS = {
     "ema_decay": 0.999,
     "p_drop_text": 0.1,
     "p_drop_neighbours": 0.1,
+    # The share of examples whose caption loses its entity name ("dog face, twemoji style" →
+    # "twemoji style"): the way a held-out entity's prompt looks to a model that never read its
+    # name. Only the neighbours then say which entity to draw (docs/training.md).
+    "p_drop_name": 0.0,
     "neighbours": 2,
     "neighbour_backprop": True,  # gradients through the neighbours' DStack pass (False: ~20% cheaper)
     "val_examples": 64,
@@ -97,6 +101,12 @@ def load_image(path: pathlib.Path, size: int) -> np.ndarray:
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BOX)
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def style_caption(style: str) -> str:
+    """A caption without its entity: what "<entity>, <style> style" says when the entity's name
+    means nothing to the model."""
+    return f"{style} style"
 
 
 def to_model_range(u8: torch.Tensor) -> torch.Tensor:
@@ -149,6 +159,11 @@ class EmojiData:
         states, valid = enc.encode([by_id[i]["caption"] for i in self.ids])
         self.text = states.half()
         self.text_valid = valid
+        # The captions without the entity name: one per style, shared by its renditions.
+        styles = sorted({by_id[i]["style"] for i in self.ids})
+        s_states, s_valid = enc.encode([style_caption(s) for s in styles])
+        self.style_row = torch.tensor([styles.index(by_id[i]["style"]) for i in self.ids])
+        self.style_text, self.style_valid = s_states.half(), s_valid
         log(f"data: {len(self.ids)} captions encoded in {time.time() - t0:.1f}s")
 
         # Neighbour table [N, K] of row indices (−1 = none). Held-back renditions never serve as
@@ -168,6 +183,12 @@ class EmojiData:
         self.val_ids = self.val_ids[: train["val_examples"]]
         log(f"data: {len(self.ids)} train-split renditions, {len(self.train_ids)} training "
             f"examples, {len(heldback)} held back, {len(self.val_ids)} validation examples")
+
+    def drop_names(self, b: dict, rows: torch.Tensor, which: torch.Tensor) -> None:
+        """Give the examples `which` (bool [B]) their style-only caption, in place."""
+        st = self.style_row[rows[which]]
+        b["text"][which] = self.style_text[st].float()
+        b["text_valid"][which] = self.style_valid[st]
 
     def batch(self, rows: torch.Tensor):
         """Targets, text, neighbour images/text/weights (weight 0 where a slot is empty)."""
@@ -256,8 +277,13 @@ class Validation:
         g = torch.Generator().manual_seed(seed)
         rows = torch.tensor([data.index[i] for i in data.val_ids], dtype=torch.long)
         self.batch = data.batch(rows)
+        # The same examples with the entity name dropped from their captions: the neighbours
+        # are then the only clue to the entity, as for a held-out entity's prompt.
+        self.noname = data.batch(rows)
+        data.drop_names(self.noname, rows, torch.ones(len(rows), dtype=torch.bool))
         if crop:  # the centre crop, so evaluations stay comparable
             self.batch = crop_batch(self.batch, cfg, crop)
+            self.noname = crop_batch(self.noname, cfg, crop)
         n = len(rows)
         # Stratified timesteps so every noise level is represented.
         self.t = ((torch.arange(n) + torch.rand(n, generator=g)) * sched.T / max(n, 1)).long()
@@ -270,29 +296,33 @@ class Validation:
 
     @torch.no_grad()
     def run(self, model, sched, device, chunk: int = 32) -> dict:
+        """Validation losses: "with" and "without" neighbours on the full captions (their
+        difference is the neighbour gap), and the same two with the entity names dropped
+        ("noname_with", "noname_without", their difference "noname_gap")."""
         if len(self.t) == 0:
             return {}
         model.eval()
         res = {}
-        for arm in ("with", "without"):
-            losses = []
-            for s in range(0, len(self.t), chunk):
-                sl = slice(s, s + chunk)
-                b = {k: (v[sl] if torch.is_tensor(v) and k not in ("nbr_images", "nbr_text", "nbr_valid")
-                         else v) for k, v in self.batch.items()}
-                kk = self.batch["nbr_weights"].shape[1]
-                nsl = slice(s * kk, (s + chunk) * kk)
-                for key in ("nbr_images", "nbr_text", "nbr_valid"):
-                    b[key] = self.batch[key][nsl]
-                if arm == "without":
-                    b["nbr_weights"] = torch.zeros_like(b["nbr_weights"])
-                b = to_device(b, device)
-                losses.append(model_loss(
-                    model, sched, b, self.t[sl].to(device), self.noise[sl].to(device),
-                    None if self.aug is None else self.aug[sl].to(device),
-                    None if self.aug_noise is None else self.aug_noise[sl].to(device)).cpu())
-            res[arm] = float(torch.cat(losses).mean())
-        res["gap"] = res["without"] - res["with"]
+        for prefix, full in (("", self.batch), ("noname_", self.noname)):
+            for arm in ("with", "without"):
+                losses = []
+                for s in range(0, len(self.t), chunk):
+                    sl = slice(s, s + chunk)
+                    b = {k: (v[sl] if torch.is_tensor(v) and k not in ("nbr_images", "nbr_text", "nbr_valid")
+                             else v) for k, v in full.items()}
+                    kk = full["nbr_weights"].shape[1]
+                    nsl = slice(s * kk, (s + chunk) * kk)
+                    for key in ("nbr_images", "nbr_text", "nbr_valid"):
+                        b[key] = full[key][nsl]
+                    if arm == "without":
+                        b["nbr_weights"] = torch.zeros_like(b["nbr_weights"])
+                    b = to_device(b, device)
+                    losses.append(model_loss(
+                        model, sched, b, self.t[sl].to(device), self.noise[sl].to(device),
+                        None if self.aug is None else self.aug[sl].to(device),
+                        None if self.aug_noise is None else self.aug_noise[sl].to(device)).cpu())
+                res[prefix + arm] = float(torch.cat(losses).mean())
+            res[prefix + "gap"] = res[prefix + "without"] - res[prefix + "with"]
         model.train()
         return res
 
@@ -465,7 +495,9 @@ def train(args) -> None:
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             log(f"eval @ {state['samples']} samples: val with {res['with']:.4f}, "
-                f"without {res['without']:.4f}, neighbour gap {res['gap']:+.5f}")
+                f"without {res['without']:.4f}, neighbour gap {res['gap']:+.5f}; names dropped: "
+                f"with {res['noname_with']:.4f}, without {res['noname_without']:.4f}, "
+                f"gap {res['noname_gap']:+.5f}")
 
     limit_samples = args.max_samples or float("inf")
     limit_s = args.minutes * 60 if args.minutes else float("inf")
@@ -487,6 +519,8 @@ def train(args) -> None:
         if crop:
             b = crop_batch(b, cfg, crop, crop_gen)
         drop_text = torch.rand(bs) < tr["p_drop_text"]
+        if tr["p_drop_name"] > 0:
+            data.drop_names(b, rows, (torch.rand(bs) < tr["p_drop_name"]) & ~drop_text)
         b["text_valid"][drop_text] = 0.0
         drop_nbr = torch.rand(bs) < tr["p_drop_neighbours"]
         b["nbr_weights"][drop_nbr] = 0.0

@@ -123,6 +123,23 @@ pub fn colour_png(name: &str, seed: u32) -> Vec<u8> {
 }
 
 /// Writes bytes to `dir/name`, creating folders.
+/// `per_colour` pairs of each colour (a caption naming it), from seed `from` on, into `kb`.
+pub fn populate(kb: &reimagen::KnowledgeBase, from: u32, per_colour: u32) {
+    let mut pairs = Vec::new();
+    for (name, _) in COLOURS {
+        for seed in from..from + per_colour {
+            pairs.push(reimagen::NewPair::bytes(
+                format!("{name}-{seed}.png"),
+                colour_png(name, seed),
+                format!("a {name} square number {seed}"),
+            ));
+        }
+    }
+    for r in kb.add_many(pairs) {
+        r.unwrap();
+    }
+}
+
 pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
