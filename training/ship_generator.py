@@ -99,15 +99,17 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
         "",
         "## Training runs",
         "",
-        "| stage | steps | samples | batch | hours | val loss with neighbours | without | neighbour gap |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | steps | samples | batch | hours | val loss with neighbours | without | neighbour gap "
+        "| gap, entity names dropped |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in stages:
         st, ev = s["state"], s["state"]["evals"][-1]
         lines.append(
             f"| `{s['name']}` | {st['step']:,} | {st['samples']:,} | {s['train']['batch_size']} | "
             f"{st['elapsed'] / 3600:.2f} | {ev['with']:.4f} | {ev['without']:.4f} | "
-            f"{ev['gap']:+.5f} |")
+            f"{ev['gap']:+.5f} | "
+            + (f"{ev['noname_gap']:+.5f} |" if "noname_gap" in ev else "— |"))
     lines += [
         "",
         f"Trained on {trained_on} by `training/train_reimagen.py`; docs/training.md has the "
@@ -116,7 +118,9 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
         "training entities (same timesteps and noise each time): above zero means the model "
         "uses what it retrieves. Each stage folder holds `loss.png` (train loss, validation "
         "with and without neighbours, the gap) and `samples.png` (target, its two neighbours, a "
-        "sample with them, a sample without).",
+        "sample with them, a sample without). The last column is the same gap with the "
+        "captions' entity names dropped (\"twemoji style\"), as a held-out entity's name "
+        "means nothing to the model: there the neighbours are the only clue.",
         "",
         "Gap per evaluation:",
         "",
