@@ -413,6 +413,10 @@ def plot(run: pathlib.Path, history: list[dict], evals: list[dict]) -> None:
         ax.plot(xs, [e["without"] for e in evals], "s-", label="val, neighbours dropped")
         ax2 = ax.twinx()
         ax2.plot(xs, [e["gap"] for e in evals], "k^--", label="neighbour gap")
+        named = [e for e in evals if "noname_gap" in e]
+        if named:
+            ax2.plot([e["samples"] for e in named], [e["noname_gap"] for e in named], "v:",
+                     color="grey", label="gap, entity names dropped")
         ax2.axhline(0, color="k", lw=0.5)
         ax2.set_ylabel("neighbour gap (without − with)")
         ax2.legend(loc="upper center")
