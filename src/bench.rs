@@ -649,6 +649,7 @@ fn export_workload(dir: &Path, w: &Workload) -> Result<()> {
     write_vectors("vectors.f32", &w.vectors)?;
     write_vectors("query_vectors.f32", &w.query_vectors)
 }
+
 /// The wall time of one call, in milliseconds (its result kept from the optimiser).
 fn millis<T, E>(call: impl FnOnce() -> std::result::Result<T, E>) -> Result<f64>
 where

@@ -279,7 +279,8 @@ class Validation:
         self.batch = data.batch(rows)
         # The same examples with the entity name dropped from their captions: the neighbours
         # are then the only clue to the entity, as for a held-out entity's prompt.
-        self.noname = data.batch(rows)
+        self.noname = {**self.batch, "text": self.batch["text"].clone(),
+                       "text_valid": self.batch["text_valid"].clone()}
         data.drop_names(self.noname, rows, torch.ones(len(rows), dtype=torch.bool))
         if crop:  # the centre crop, so evaluations stay comparable
             self.batch = crop_batch(self.batch, cfg, crop)

@@ -122,7 +122,6 @@ pub fn colour_png(name: &str, seed: u32) -> Vec<u8> {
     image_bytes(rgb, seed, 24, 16, ImageFormat::Png)
 }
 
-/// Writes bytes to `dir/name`, creating folders.
 /// `per_colour` pairs of each colour (a caption naming it), from seed `from` on, into `kb`.
 pub fn populate(kb: &reimagen::KnowledgeBase, from: u32, per_colour: u32) {
     let mut pairs = Vec::new();
@@ -140,6 +139,7 @@ pub fn populate(kb: &reimagen::KnowledgeBase, from: u32, per_colour: u32) {
     }
 }
 
+/// Writes bytes to `dir/name`, creating folders.
 pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
