@@ -420,15 +420,17 @@ def plot(run: pathlib.Path, history: list[dict], evals: list[dict]) -> None:
                      color="grey", label="gap, entity names dropped")
         ax2.axhline(0, color="k", lw=0.5)
         ax2.set_ylabel("neighbour gap (without − with)")
-        ax2.legend(loc="upper center")
     ax.set_xlabel("training samples")
     ax.set_ylabel("MSE")
     ax.set_yscale("log")
-    if history or evals:
-        ax.legend(loc="upper right")
+    # One legend for both axes, below the plot, where it hides no curve.
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
+                  fontsize="small", frameon=False)
     ax.set_title(run.name)
     fig.tight_layout()
-    fig.savefig(run / "loss.png", dpi=110)
+    fig.savefig(run / "loss.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -304,8 +304,9 @@ struct DemoArgs {
     /// few held-out names, so clip and hybrid tend to return the asked style, not the entity).
     #[arg(long, value_enum, default_value = "bm25")]
     mode: RetrieveMode,
-    /// Steps per stage: one number for every stage, or one per stage, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "25")]
+    /// Steps per stage: one number for every stage, or one per stage, comma-separated
+    /// [default: 25, and 10 for stages of 256 px and more, whose steps cost the most].
+    #[arg(long, value_delimiter = ',')]
     steps: Vec<usize>,
     /// The seed of every generation.
     #[arg(long, default_value_t = 0)]
@@ -2149,6 +2150,16 @@ fn shipped_model(relative: &str, marker: &str) -> Option<PathBuf> {
     folder.join(marker).is_file().then_some(folder)
 }
 
+/// The demo's steps per stage when none are given: 25, and 10 for a stage of 256 px or more
+/// (a super-resolution stage there follows its low-res input closely, and its steps are the
+/// costly ones: the demo stays within minutes on a CPU).
+fn demo_steps(stages: &[reimagen::generate::StageInfo]) -> Vec<usize> {
+    stages
+        .iter()
+        .map(|s| if s.resolution >= 256 { 10 } else { 25 })
+        .collect()
+}
+
 fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let model = args.model.unwrap_or_else(|| shipped("models/reimagen"));
     let clip = args.clip.unwrap_or_else(|| shipped("models/clip"));
@@ -2168,12 +2179,16 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             model.display()
         );
     }
-    let mut request = reimagen::GenerationRequest::new("demo");
-    request.steps = args.steps;
-    request.seed = args.seed;
-    request.validate().map_err(reimagen::Error::from)?;
     let device = reimagen::Device::from_env()?;
     let generator = load_generator(&model, &device)?;
+    let mut request = reimagen::GenerationRequest::new("demo");
+    request.steps = if args.steps.is_empty() {
+        demo_steps(&generator.stages())
+    } else {
+        args.steps
+    };
+    request.seed = args.seed;
+    request.validate().map_err(reimagen::Error::from)?;
     let options = reimagen::demo::DemoOptions {
         samples,
         out: args.out,
