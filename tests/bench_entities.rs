@@ -187,6 +187,7 @@ fn calibration_on_a_tiny_dataset_passes_the_pixel_measures() {
         arms: parse_arms(&["bm25".into()], &[2], 0.5).unwrap(),
         eta_sweep: false,
         steps: 1,
+        max_resolution: 64,
         guidance: Default::default(),
         device: reimagen::Device::Cpu,
         work: work.path().to_path_buf(),
@@ -232,7 +233,7 @@ fn the_command_runs_end_to_end_on_the_fixture_cascade() {
     let data = tempfile::tempdir().unwrap();
     tiny_dataset(data.path());
     let out = tempfile::tempdir().unwrap();
-    let run = || {
+    let run = |extra: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_reimagen"))
             .args([
                 "bench",
@@ -256,6 +257,7 @@ fn the_command_runs_end_to_end_on_the_fixture_cascade() {
             ])
             .args(["--eta-sweep", "--device", "cpu", "--json", "--out"])
             .arg(out.path())
+            .args(extra)
             .env_remove("REIMAGEN_KB")
             .output()
             .unwrap();
@@ -266,7 +268,7 @@ fn the_command_runs_end_to_end_on_the_fixture_cascade() {
         );
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
     };
-    let report = run();
+    let report = run(&[]);
     for key in [
         "command",
         "calibration",
@@ -371,9 +373,36 @@ fn the_command_runs_end_to_end_on_the_fixture_cascade() {
         "the η points are drawn"
     );
 
-    // A second run reuses the KB and, with the same seeds, gives the same numbers.
-    let again = run();
+    assert_eq!(report["reused"], 0);
+    assert_eq!(
+        report["stages"],
+        serde_json::json!(["base (8 px)", "sr (16 px)"])
+    );
+
+    // A second run reuses the KB and every arm's result (the run resumes), with the same
+    // numbers.
+    let again = run(&[]);
     assert_eq!(again["kb"]["built"], false);
+    assert_eq!(again["generations"], 0);
+    assert_eq!(again["reused"], 6 * 9, "every arm of every case read back");
     assert_eq!(again["arms"], report["arms"]);
     assert_eq!(again["per_case"], report["per_case"]);
+
+    // A case cache whose image is gone, or whose settings differ, is generated again.
+    let case = &report["per_case"][0];
+    let folder = out
+        .path()
+        .join("cases")
+        .join(case["entity"].as_str().unwrap().replace(' ', "-"))
+        .join(case["style"].as_str().unwrap());
+    assert!(folder.join("none.json").is_file(), "{}", folder.display());
+    std::fs::remove_file(folder.join("none.png")).unwrap();
+    let partial = run(&[]);
+    assert_eq!(partial["generations"], 2, "one arm, two seeds");
+    assert_eq!(partial["per_case"], report["per_case"]);
+    let other = run(&["--wn", "1.5", "--max-resolution", "8"]);
+    assert_eq!(other["reused"], 0);
+    assert_eq!(other["generations"], 6 * 8 * 2);
+    assert_eq!(other["stages"], serde_json::json!(["base (8 px)"]));
+    assert_eq!(other["guidance"]["w_n"], 1.5);
 }

@@ -215,6 +215,9 @@ pub struct EntitiesOptions {
     pub eta_sweep: bool,
     /// Sampler steps per stage.
     pub steps: usize,
+    /// The cascade's stages above this resolution are not run (the measures are taken at
+    /// [`DATASET_SIZE`] pixels).
+    pub max_resolution: usize,
     /// The guidance of every generation (its η is the arms' unless swept).
     pub guidance: Guidance,
     /// The tensor device of the generator.
@@ -402,6 +405,10 @@ pub struct EntitiesReport {
     pub cases: usize,
     /// Images generated.
     pub generations: usize,
+    /// Arm results read back from the case cache (`DIR/cases`) instead of generated again.
+    pub reused: usize,
+    /// The stages run, `name (resolution px)`.
+    pub stages: Vec<String>,
     /// The KB.
     pub kb: Option<KbSummary>,
     /// The calibration of the measures.
@@ -756,13 +763,23 @@ fn run_arm(
     generator: &dyn Generator,
     opts: &EntitiesOptions,
     case_seed: u64,
-    generations: &mut usize,
+    cache: &CaseCache,
+    counts: &mut (usize, usize),
 ) -> Result<ArmOutcome> {
     let neighbours = match &arm.kind {
         ArmKind::Retrieval { mode, k } => retrieve(kb, renditions, case, *mode, *k)?,
         ArmKind::Copy { mode } => retrieve(kb, renditions, case, *mode, 1)?,
         ArmKind::NoRetrieval => Vec::new(),
     };
+    let settings = cache.settings(arm, case, &neighbours, case_seed, opts);
+    if let Some((scores, first_image)) = cache.load(&case.target.id, &arm.name, &settings) {
+        counts.1 += 1;
+        return Ok(ArmOutcome {
+            scores,
+            neighbours,
+            first_image,
+        });
+    }
     let chosen: Vec<ChosenNeighbour> = neighbours.iter().map(|(c, _)| c.clone()).collect();
     let loaded = kb.neighbour_images(&chosen)?;
     let images: Vec<RgbImage> =
@@ -782,7 +799,7 @@ fn run_arm(
                     &mut crate::generate::NoObserver,
                     &CancelToken::new(),
                 )?;
-                *generations += 1;
+                counts.0 += 1;
                 let image = output.images().first().cloned().ok_or_else(|| {
                     GenerateError::InvalidRequest {
                         what: "model",
@@ -814,11 +831,121 @@ fn run_arm(
         .zip(&embeddings)
         .map(|(img, emb)| score(img, emb, case.target, case.text))
         .collect();
-    Ok(ArmOutcome {
+    let outcome = ArmOutcome {
         scores: Scores::mean(&per_seed),
         neighbours,
         first_image: images.into_iter().next().unwrap_or_else(flat_grey),
-    })
+    };
+    cache.store(&case.target.id, &arm.name, &settings, &outcome)?;
+    Ok(outcome)
+}
+
+/// The arms' results already computed, per case and arm, in `DIR/cases/<entity>/<style>/`:
+/// `<arm>.json` (the settings that made it and the scores) and `<arm>.png` (the first seed's
+/// image). A run that stops (Ctrl-C, a crash, the end of a session) is resumed by running the
+/// same command again: every arm whose settings — model weights, CLIP, steps, seeds, guidance,
+/// retrieved neighbours, seed, device, stages — are unchanged is read back, not generated again.
+struct CaseCache {
+    dir: PathBuf,
+    run: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedArm {
+    settings: serde_json::Value,
+    scores: Scores,
+}
+
+impl CaseCache {
+    fn settings(
+        &self,
+        arm: &Arm,
+        case: &Case<'_>,
+        neighbours: &[(ChosenNeighbour, String)],
+        case_seed: u64,
+        opts: &EntitiesOptions,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "run": self.run,
+            "arm": arm,
+            "guidance": Guidance { eta: arm.eta, ..opts.guidance },
+            "prompt": case.prompt,
+            "neighbours": neighbours.iter().map(|(_, id)| id).collect::<Vec<_>>(),
+            "case_seed": case_seed,
+        })
+    }
+
+    fn paths(&self, case_id: &str, arm: &str) -> (PathBuf, PathBuf) {
+        let safe = |s: &str| -> String {
+            s.chars()
+                .map(|c| match c {
+                    'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
+                    _ => '_',
+                })
+                .collect::<String>()
+                .trim_start_matches('.')
+                .to_string()
+        };
+        let mut folder = self.dir.clone();
+        for part in case_id.split('/') {
+            folder.push(safe(part));
+        }
+        let arm = safe(arm);
+        (
+            folder.join(format!("{arm}.json")),
+            folder.join(format!("{arm}.png")),
+        )
+    }
+
+    fn load(
+        &self,
+        case_id: &str,
+        arm: &str,
+        settings: &serde_json::Value,
+    ) -> Option<(Scores, RgbImage)> {
+        let (json, png) = self.paths(case_id, arm);
+        let cached: CachedArm = serde_json::from_slice(&std::fs::read(json).ok()?).ok()?;
+        if &cached.settings != settings {
+            return None;
+        }
+        let image = image::open(png).ok()?.into_rgb8();
+        Some((cached.scores, image))
+    }
+
+    /// Writes the image, then the JSON (each through a temporary file and a rename), so a JSON
+    /// on disk always has its image.
+    fn store(
+        &self,
+        case_id: &str,
+        arm: &str,
+        settings: &serde_json::Value,
+        outcome: &ArmOutcome,
+    ) -> Result<()> {
+        let (json, png) = self.paths(case_id, arm);
+        let folder = json.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(folder).map_err(io_err(folder))?;
+        let tmp = png.with_extension("png.tmp");
+        outcome
+            .first_image
+            .save_with_format(&tmp, image::ImageFormat::Png)
+            .map_err(|e| Error::Config {
+                path: tmp.clone(),
+                reason: format!("writing the case image: {e}"),
+            })?;
+        std::fs::rename(&tmp, &png).map_err(io_err(&png))?;
+        let text = serde_json::to_vec_pretty(&CachedArm {
+            settings: settings.clone(),
+            scores: outcome.scores,
+        })
+        .map_err(|e| Error::Config {
+            path: json.clone(),
+            reason: e.to_string(),
+        })?;
+        let tmp = json.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &json).map_err(io_err(&json))?;
+        Ok(())
+    }
 }
 
 /// Loads the held-out renditions of the dataset at [`DATASET_SIZE`] with their CLIP embeddings.
@@ -916,6 +1043,8 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
         entities: Vec::new(),
         cases: 0,
         generations: 0,
+        reused: 0,
+        stages: Vec::new(),
         kb: None,
         calibration,
         calibration_targets,
@@ -940,7 +1069,36 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
     let mut sheet = None;
     if let Some(model) = &opts.model {
         progress("opening the generator");
-        let generator = crate::generate::open::open_generator(model, &opts.device)?;
+        crate::generate::open::check_model_folder(model)?;
+        let mut generator = crate::generate::ReImagen::open(model, &opts.device)?;
+        let dropped = generator.keep_up_to(opts.max_resolution);
+        report.stages = generator
+            .stages()
+            .iter()
+            .map(|s| format!("{} ({} px)", s.name, s.resolution))
+            .collect();
+        if !dropped.is_empty() {
+            report.notes.push(format!(
+                "stages above {} px not run: {} (the measures are taken at {DATASET_SIZE} px; `--max-resolution` runs them)",
+                opts.max_resolution,
+                dropped.join(", ")
+            ));
+        }
+        let mut digest = blake3::Hasher::new();
+        for stage in generator.stage_list() {
+            digest.update(stage.model_key());
+        }
+        let cache = CaseCache {
+            dir: opts.work.join("cases"),
+            run: serde_json::json!({
+                "model": digest.finalize().to_hex().to_string(),
+                "clip": opts.clip.id(),
+                "steps": opts.steps,
+                "seeds": opts.seeds,
+                "device": opts.device.name(),
+                "stages": report.stages,
+            }),
+        };
         progress("making the benchmark KB");
         let (kb, summary) = open_kb(opts, progress)?;
         report.kb = Some(summary);
@@ -1001,26 +1159,31 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
         let mut results: Vec<BTreeMap<String, ArmOutcome>> = Vec::with_capacity(cases.len());
         for (i, case) in cases.iter().enumerate() {
             progress(&format!(
-                "case {}/{}: {} ({} generations so far, {:.0} s)",
+                "case {}/{}: {} ({} generated, {} read back from the case cache, {:.0} s)",
                 i + 1,
                 cases.len(),
                 case.prompt,
                 report.generations,
+                report.reused,
                 start.elapsed().as_secs_f64()
             ));
             let seed = case_seed(&case.target.id);
             let mut by_arm = BTreeMap::new();
             for arm in &arms {
+                let mut counts = (0, 0);
                 let outcome = run_arm(
                     arm,
                     case,
                     &kb,
                     &renditions,
-                    generator.as_ref(),
+                    &generator,
                     opts,
                     seed,
-                    &mut report.generations,
+                    &cache,
+                    &mut counts,
                 )?;
+                report.generations += counts.0;
+                report.reused += counts.1;
                 by_arm.insert(arm.name.clone(), outcome);
             }
             results.push(by_arm);
@@ -1304,8 +1467,9 @@ impl EntitiesReport {
         );
         if let Some(model) = &self.model {
             s += &format!(
-                "; generator `{}` on {}, {} steps, {} seed(s) per case, guidance {:?} (w_p {}, w_n {}, η {})",
+                "; generator `{}` (stages {}) on {}, {} steps, {} seed(s) per case, guidance {:?} (w_p {}, w_n {}, η {})",
                 model.display(),
+                self.stages.join(", "),
                 self.device,
                 self.steps,
                 self.seeds,
@@ -1332,10 +1496,11 @@ impl EntitiesReport {
         s += &self.calibration_table();
         if self.model.is_some() {
             s += &format!(
-                "\n## Arms\n\n{} entities, {} cases, {} generations; means over entities with 95% bootstrap intervals (the same resamples for every arm).\n\n",
+                "\n## Arms\n\n{} entities, {} cases, {} generations ({} arm results read back from the case cache); means over entities with 95% bootstrap intervals (the same resamples for every arm).\n\n",
                 self.entities.len(),
                 self.cases,
-                self.generations
+                self.generations,
+                self.reused
             );
             s += &Self::arm_table(&self.arms);
             if !self.comparisons.is_empty() {

@@ -314,6 +314,8 @@ struct DemoArgs {
     /// Only the first N held-out entities.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+    #[command(flatten)]
+    guidance: GuidanceArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -341,21 +343,8 @@ struct GenerateArgs {
     /// failing.
     #[arg(long)]
     allow_no_neighbours: bool,
-    /// Guidance: interleaved (the paper's, Eq. 6), standard classifier-free, weighted, or none.
-    #[arg(long, value_enum, default_value_t = GuidanceArg::Interleaved)]
-    guidance: GuidanceArg,
-    /// Interleaving ratio (weighted: mix) η ∈ [0, 1] [default: 0.5].
-    #[arg(long, allow_negative_numbers = true)]
-    eta: Option<f32>,
-    /// Text-guidance weight w_p [default: 3].
-    #[arg(long, allow_negative_numbers = true)]
-    wp: Option<f32>,
-    /// Neighbour-guidance weight w_n [default: 3].
-    #[arg(long, allow_negative_numbers = true)]
-    wn: Option<f32>,
-    /// Classifier-free weight w of standard guidance [default: 3].
-    #[arg(long, allow_negative_numbers = true)]
-    w: Option<f32>,
+    #[command(flatten)]
+    guidance: GuidanceArgs,
     /// The sampler of every stage.
     #[arg(long, value_enum, default_value_t = SamplerArg::Ddim)]
     sampler: SamplerArg,
@@ -395,6 +384,46 @@ enum RetrieveMode {
     Bm25,
     Clip,
     Hybrid,
+}
+
+/// The guidance flags of every command that generates (`generate`, `demo`, `bench entities`).
+#[derive(clap::Args)]
+struct GuidanceArgs {
+    /// Guidance: interleaved (the paper's, Eq. 6), standard classifier-free, weighted, or none.
+    #[arg(long, value_enum, default_value_t = GuidanceArg::Interleaved)]
+    guidance: GuidanceArg,
+    /// Interleaving ratio (weighted: mix) η ∈ [0, 1] [default: 0.5].
+    #[arg(long, allow_negative_numbers = true)]
+    eta: Option<f32>,
+    /// Text-guidance weight w_p [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    wp: Option<f32>,
+    /// Neighbour-guidance weight w_n [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    wn: Option<f32>,
+    /// Classifier-free weight w of standard guidance [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    w: Option<f32>,
+}
+
+impl GuidanceArgs {
+    /// The guidance these flags ask for (unset weights at their defaults).
+    fn guidance(&self) -> reimagen::generate::Guidance {
+        use reimagen::generate::{Guidance, GuidanceMode};
+        let defaults = Guidance::default();
+        Guidance {
+            mode: match self.guidance {
+                GuidanceArg::Interleaved => GuidanceMode::Interleaved,
+                GuidanceArg::Standard => GuidanceMode::Standard,
+                GuidanceArg::Weighted => GuidanceMode::Weighted,
+                GuidanceArg::None => GuidanceMode::Joint,
+            },
+            w: self.w.unwrap_or(defaults.w),
+            w_p: self.wp.unwrap_or(defaults.w_p),
+            w_n: self.wn.unwrap_or(defaults.w_n),
+            eta: self.eta.unwrap_or(defaults.eta),
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -638,6 +667,13 @@ struct EntitiesArgs {
     /// Sampler steps per stage.
     #[arg(long, default_value_t = 20)]
     steps: usize,
+    /// Stages of the cascade above this resolution are not run: the measures are taken at 64
+    /// px, so the 256 px stage costs the most and changes the scores least.
+    #[arg(long, value_name = "PX", default_value_t = 64)]
+    max_resolution: usize,
+    /// The guidance of every generating arm (`--eta-sweep` varies its η).
+    #[command(flatten)]
+    guidance: GuidanceArgs,
     /// Device: cpu, gpu or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -665,7 +701,8 @@ fn run_bench_entities(args: EntitiesArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("loading the CLIP {}", args.clip.display()))?;
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
-    let guidance = reimagen::generate::Guidance::default();
+    let guidance = args.guidance.guidance();
+    guidance.validate().map_err(reimagen::Error::from)?;
     let opts = EntitiesOptions {
         model: (!args.calibration_only).then_some(args.model),
         clip: std::sync::Arc::new(clip),
@@ -682,6 +719,7 @@ fn run_bench_entities(args: EntitiesArgs) -> anyhow::Result<ExitCode> {
         entities: args.entities.parse().map_err(anyhow::Error::msg)?,
         eta_sweep: args.eta_sweep,
         steps: args.steps,
+        max_resolution: args.max_resolution,
         guidance,
         device,
         write_report: args.out.is_some(),
@@ -2000,22 +2038,9 @@ fn generation_settings(
     reimagen::GenerationRequest,
     reimagen::generate::NeighbourChoice,
 ) {
-    use reimagen::generate::{Guidance, GuidanceMode, NeighbourChoice};
-    let defaults = Guidance::default();
-    let guidance = Guidance {
-        mode: match args.guidance {
-            GuidanceArg::Interleaved => GuidanceMode::Interleaved,
-            GuidanceArg::Standard => GuidanceMode::Standard,
-            GuidanceArg::Weighted => GuidanceMode::Weighted,
-            GuidanceArg::None => GuidanceMode::Joint,
-        },
-        w: args.w.unwrap_or(defaults.w),
-        w_p: args.wp.unwrap_or(defaults.w_p),
-        w_n: args.wn.unwrap_or(defaults.w_n),
-        eta: args.eta.unwrap_or(defaults.eta),
-    };
+    use reimagen::generate::NeighbourChoice;
     let mut request = reimagen::GenerationRequest::new(args.prompt.clone());
-    request.guidance = guidance;
+    request.guidance = args.guidance.guidance();
     request.sampler = match args.sampler {
         SamplerArg::Ddpm => reimagen::SamplerKind::Ddpm,
         SamplerArg::Ddim => reimagen::SamplerKind::Ddim,
@@ -2188,6 +2213,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.steps
     };
     request.seed = args.seed;
+    request.guidance = args.guidance.guidance();
     request.validate().map_err(reimagen::Error::from)?;
     let options = reimagen::demo::DemoOptions {
         samples,

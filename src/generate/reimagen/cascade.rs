@@ -216,6 +216,23 @@ impl ReImagen {
         &self.stages
     }
 
+    /// Drops the stages whose resolution is above `resolution` (the first stage always stays),
+    /// so that generation stops there; returns the names of the stages dropped.
+    pub fn keep_up_to(&mut self, resolution: usize) -> Vec<String> {
+        let keep = self
+            .stages
+            .iter()
+            .skip(1)
+            .take_while(|s| s.unet.config().sample_size <= resolution)
+            .count()
+            + 1;
+        self.stages
+            .split_off(keep.min(self.stages.len()))
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    }
+
     /// The device it runs on.
     pub fn device(&self) -> &Device {
         &self.device
