@@ -380,8 +380,13 @@ fn the_command_runs_end_to_end_on_the_fixture_cascade() {
     );
 
     // A second run reuses the KB and every arm's result (the run resumes), with the same
-    // numbers.
+    // numbers. It opens the cached KB read-only: a writer holding it (another run building it,
+    // or anything else) does not stop it.
+    let writer = reimagen::KnowledgeBase::builder(out.path().join("kb-64"))
+        .open()
+        .unwrap();
     let again = run(&[]);
+    drop(writer);
     assert_eq!(again["kb"]["built"], false);
     assert_eq!(again["generations"], 0);
     assert_eq!(again["reused"], 6 * 9, "every arm of every case read back");

@@ -600,8 +600,8 @@ fn calibrate(
 }
 
 /// The KB of the run: `work/kb-64`, made with [`KnowledgeBase::import_dir`] from the dataset's
-/// `64/train` and `64/heldout` with `clip` as embedder, reused when `work/kb-64.json` records
-/// the same dataset manifest and CLIP.
+/// `64/train` and `64/heldout` with `clip` as embedder, reused (opened read-only, so several runs
+/// can use it at once) when `work/kb-64.json` records the same dataset manifest and CLIP.
 fn open_kb(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<(KnowledgeBase, KbSummary)> {
     let started = Instant::now();
     let dir = opts.work.join(format!("kb-{DATASET_SIZE}"));
@@ -625,7 +625,11 @@ fn open_kb(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<(Knowledge
             .open()
     };
     if cached {
-        let kb = open(&dir)?;
+        // Read-only first: it takes no lock, so runs of the benchmark can share the folder.
+        let kb = KnowledgeBase::builder(&dir)
+            .embedder(opts.clip.clone())
+            .open_read_only()
+            .or_else(|_| open(&dir))?;
         let pairs = kb.stats()?.pairs;
         return Ok((
             kb,
@@ -924,7 +928,10 @@ impl CaseCache {
         let (json, png) = self.paths(case_id, arm);
         let folder = json.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(folder).map_err(io_err(folder))?;
-        let tmp = png.with_extension("png.tmp");
+        // Temporary names of this process's own, so that two runs sharing the folder (e.g.
+        // two halves of the entities run side by side) never write into each other's files.
+        let tmp_ext = |ext: &str| format!("{ext}.{}.tmp", std::process::id());
+        let tmp = png.with_extension(tmp_ext("png"));
         outcome
             .first_image
             .save_with_format(&tmp, image::ImageFormat::Png)
@@ -941,7 +948,7 @@ impl CaseCache {
             path: json.clone(),
             reason: e.to_string(),
         })?;
-        let tmp = json.with_extension("json.tmp");
+        let tmp = json.with_extension(tmp_ext("json"));
         std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &json).map_err(io_err(&json))?;
         Ok(())
