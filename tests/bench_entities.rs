@@ -189,6 +189,7 @@ fn calibration_on_a_tiny_dataset_passes_the_pixel_measures() {
         steps: 1,
         max_resolution: 64,
         guidance: Default::default(),
+        min_score_ratio: reimagen::generate::DEFAULT_MIN_SCORE_RATIO,
         device: reimagen::Device::Cpu,
         work: work.path().to_path_buf(),
         write_report: true,

@@ -304,6 +304,59 @@ fn the_entity_filter_and_clip_mode_choose_from_the_kb() {
 }
 
 #[test]
+fn bm25_hits_far_below_the_best_are_left_out_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = kb_with_squares(dir.path());
+    // "red square": the three red pairs match both words; the others only `square`, a word of
+    // every pair, and score far below.
+    let all = kb.search(&Query::text("red square").k(5)).unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all[3].score < 0.75 * all[0].score, "{all:?}");
+
+    let chosen = kb
+        .choose_neighbours("red square", &NeighbourChoice::retrieve(5))
+        .unwrap();
+    assert_eq!(chosen.neighbours.len(), 3);
+    assert!(
+        chosen
+            .neighbours
+            .iter()
+            .all(|n| n.entity.as_deref() == Some("red thing"))
+    );
+    assert_eq!(chosen.warnings.len(), 1);
+    assert!(
+        chosen.warnings[0].contains("2 of 5"),
+        "{:?}",
+        chosen.warnings
+    );
+
+    let everything = kb
+        .choose_neighbours(
+            "red square",
+            &NeighbourChoice::retrieve(5).min_score_ratio(0.0),
+        )
+        .unwrap();
+    assert_eq!(everything.neighbours.len(), 5);
+    assert!(everything.warnings.is_empty());
+
+    let generation = generate(&kb, request("red square"), &NeighbourChoice::retrieve(5)).unwrap();
+    assert_eq!(generation.record.neighbours.len(), 3);
+    let json = serde_json::to_value(&generation.record).unwrap();
+    assert_eq!(json["retrieval"]["min_score_ratio"], 0.75);
+    assert_eq!(json["warnings"].as_array().unwrap().len(), 1);
+
+    for bad in [-0.1, 1.5, f32::NAN] {
+        let err = kb
+            .choose_neighbours(
+                "red square",
+                &NeighbourChoice::retrieve(5).min_score_ratio(bad),
+            )
+            .unwrap_err();
+        assert_eq!(invalid_setting(&err), "min_score_ratio", "{bad}");
+    }
+}
+
+#[test]
 fn clip_mode_without_an_embedder_says_so() {
     let dir = tempfile::tempdir().unwrap();
     drop(kb_with_squares(dir.path()));

@@ -125,6 +125,41 @@ fn the_last_word_matches_as_a_prefix_until_it_is_complete() {
 }
 
 #[test]
+fn an_entity_named_inside_the_text_ranks_above_pairs_sharing_its_words() {
+    let dir = tempfile::tempdir().unwrap();
+    // The captions a prompt like "radio in noto style" meets: another entity repeats the word
+    // (in its name and caption) and the style word of the prompt.
+    let (kb, ids) = kb_with(
+        dir.path(),
+        &[
+            ("radio, twemoji style", "radio"),
+            ("radio button, noto style radio", "radio button"),
+            ("ledger, twemoji style", "ledger"),
+            ("flat shoe, fluent-flat style flat", "flat shoe"),
+            ("kissing cat, noto style", "kissing cat"),
+            ("cat, noto style", "cat"),
+            ("flag: chad, twemoji style", "flag: chad"),
+            ("flag: chile, noto style", "flag: chile"),
+        ],
+    );
+    for (query, want) in [
+        ("radio in noto style", 0),
+        ("ledger in fluent-flat style", 2),
+        ("kissing cat in twemoji style", 4),
+        ("Flag: Chad in noto style", 6),
+        ("a drawing of a cat, noto style", 5),
+    ] {
+        assert_eq!(
+            found(&kb, query).first(),
+            Some(&ids[want]),
+            "query {query:?}"
+        );
+    }
+    // A plural names no entity: BM25 alone ranks the pair that repeats the word first.
+    assert_eq!(found(&kb, "radios in noto style")[..2], [ids[1], ids[0]]);
+}
+
+#[test]
 fn filters_compare_names_folded() {
     let dir = tempfile::tempdir().unwrap();
     let (kb, ids) = kb_with(

@@ -41,7 +41,7 @@ use crate::demo::sheet::{SheetRow, contact_sheet};
 use crate::embed::Embedder;
 use crate::error::{Error, Result, io_err};
 use crate::generate::{
-    CancelToken, ChosenNeighbour, GenerateError, GenerationRequest, Generator, Guidance,
+    CancelToken, ChosenNeighbour, GenerateError, GenerationRequest, Generator, Guidance, near_best,
 };
 use crate::kb::KnowledgeBase;
 use crate::search::{Query, SearchMode};
@@ -220,6 +220,9 @@ pub struct EntitiesOptions {
     pub max_resolution: usize,
     /// The guidance of every generation (its η is the arms' unless swept).
     pub guidance: Guidance,
+    /// BM25 arms leave out neighbours scoring below this share of the best allowed hit
+    /// ([`crate::generate::NeighbourChoice::min_score_ratio`], whose default it takes).
+    pub min_score_ratio: f32,
     /// The tensor device of the generator.
     pub device: crate::tensor::Device,
     /// Where the KB is cached (and, with `write_report`, the report written).
@@ -397,6 +400,8 @@ pub struct EntitiesReport {
     pub steps: usize,
     /// The guidance.
     pub guidance: Guidance,
+    /// BM25 neighbours below this share of the best allowed hit were left out.
+    pub min_score_ratio: f32,
     /// Held-out entities in the dataset.
     pub held_out_entities: usize,
     /// Entities run.
@@ -452,13 +457,6 @@ struct Target {
 
 fn prompt(entity: &str, style: &str) -> String {
     format!("{entity} in {style} style")
-}
-
-/// A BM25 query without query syntax (`flag:` would be read as a field name).
-fn query_text(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect()
 }
 
 fn embed_images(clip: &dyn Embedder, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
@@ -701,14 +699,10 @@ fn retrieve(
     mode: SearchMode,
     k: usize,
 ) -> Result<Vec<(ChosenNeighbour, String)>> {
-    let text = match mode {
-        SearchMode::Bm25 => query_text(&case.prompt),
-        _ => case.prompt.clone(),
-    };
     let mut found: Vec<(ChosenNeighbour, String)> = Vec::new();
     for depth in [32, 1024] {
         found.clear();
-        let hits = kb.search(&Query::text(&text).mode(mode).k(depth))?;
+        let hits = kb.search(&Query::text(&case.prompt).mode(mode).k(depth))?;
         let exhausted = hits.len() < depth;
         for hit in hits {
             let ids: Vec<String> = hit
@@ -771,7 +765,16 @@ fn run_arm(
     counts: &mut (usize, usize),
 ) -> Result<ArmOutcome> {
     let neighbours = match &arm.kind {
-        ArmKind::Retrieval { mode, k } => retrieve(kb, renditions, case, *mode, *k)?,
+        ArmKind::Retrieval { mode, k } => {
+            let mut found = retrieve(kb, renditions, case, *mode, *k)?;
+            if *mode == SearchMode::Bm25 {
+                let kept = near_best(&found, opts.min_score_ratio, |(n, _)| {
+                    n.score.unwrap_or(0.0)
+                });
+                found.truncate(kept);
+            }
+            found
+        }
         ArmKind::Copy { mode } => retrieve(kb, renditions, case, *mode, 1)?,
         ArmKind::NoRetrieval => Vec::new(),
     };
@@ -1046,6 +1049,7 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
         seeds: opts.seeds,
         steps: opts.steps,
         guidance: opts.guidance,
+        min_score_ratio: opts.min_score_ratio,
         held_out_entities: held_out.len(),
         entities: Vec::new(),
         cases: 0,
@@ -1474,7 +1478,7 @@ impl EntitiesReport {
         );
         if let Some(model) = &self.model {
             s += &format!(
-                "; generator `{}` (stages {}) on {}, {} steps, {} seed(s) per case, guidance {:?} (w_p {}, w_n {}, η {})",
+                "; generator `{}` (stages {}) on {}, {} steps, {} seed(s) per case, guidance {:?} (w_p {}, w_n {}, η {}); BM25 neighbours below {} of the best hit left out",
                 model.display(),
                 self.stages.join(", "),
                 self.device,
@@ -1483,7 +1487,8 @@ impl EntitiesReport {
                 self.guidance.mode,
                 self.guidance.w_p,
                 self.guidance.w_n,
-                self.guidance.eta
+                self.guidance.eta,
+                self.min_score_ratio
             );
         }
         s += &format!(". {:.0} s in all", self.seconds);

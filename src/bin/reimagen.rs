@@ -335,6 +335,9 @@ struct GenerateArgs {
     /// Retrieve only pairs of this entity.
     #[arg(long)]
     entity: Option<String>,
+    /// Leave out BM25 hits scoring below this share of the best hit (0 keeps all k).
+    #[arg(long, value_name = "SHARE", default_value_t = reimagen::generate::DEFAULT_MIN_SCORE_RATIO)]
+    min_score_ratio: f32,
     /// Use this pair as a neighbour instead of retrieving (full id or unique prefix; repeatable,
     /// in order).
     #[arg(long = "neighbour", value_name = "ID", conflicts_with_all = ["k", "mode", "entity"])]
@@ -661,6 +664,10 @@ struct EntitiesArgs {
     /// Arms: bm25 (one per k), clip (first k), bm25-kN, clip-kN, none, copy.
     #[arg(long, value_delimiter = ',', default_value = "bm25,clip,none,copy")]
     arms: Vec<String>,
+    /// BM25 arms leave out neighbours scoring below this share of the best allowed hit, as
+    /// `generate` does (0 keeps all k).
+    #[arg(long, value_name = "SHARE", default_value_t = reimagen::generate::DEFAULT_MIN_SCORE_RATIO)]
+    min_score_ratio: f32,
     /// Also sweep η (0, 0.25, 0.5, 0.75, 1) of the interleaved guidance on the primary arm.
     #[arg(long)]
     eta_sweep: bool,
@@ -721,6 +728,7 @@ fn run_bench_entities(args: EntitiesArgs) -> anyhow::Result<ExitCode> {
         steps: args.steps,
         max_resolution: args.max_resolution,
         guidance,
+        min_score_ratio: args.min_score_ratio,
         device,
         write_report: args.out.is_some(),
         work: args.out.unwrap_or_else(|| temp.path().to_path_buf()),
@@ -2059,7 +2067,7 @@ fn generation_settings(
         if let Some(entity) = &args.entity {
             choice = choice.entity(entity.clone());
         }
-        choice
+        choice.min_score_ratio(args.min_score_ratio)
     } else {
         NeighbourChoice::ids(args.neighbours.iter().cloned())
     };

@@ -231,8 +231,8 @@ pub fn neighbours(
 }
 
 /// The caption as a BM25 query: every character that is not a letter or digit becomes a space.
-/// The query parser reads `flag: bhutan` as a search of a field named `flag`, and `-` or `*` as
-/// operators; the index splits words at those characters anyway, so no term is lost.
+/// The index splits words at those characters anyway, so no term is lost; the datasets the
+/// shipped models were trained on were built this way.
 fn query_text(caption: &str) -> String {
     caption
         .chars()

@@ -28,7 +28,7 @@ use crate::store::records::ImageId;
 pub enum NeighbourSource {
     /// The `k` best pairs a search for the prompt finds.
     Retrieve {
-        /// How many neighbours (≥ 1).
+        /// How many neighbours at most (≥ 1).
         k: usize,
         /// The retriever: BM25, CLIP or hybrid (image search needs an image, not a prompt).
         mode: SearchMode,
@@ -50,7 +50,18 @@ pub struct NeighbourChoice {
     pub allow_none: bool,
     /// The weight of every neighbour in the neighbour attention (1 neutral).
     pub weight: f32,
+    /// BM25 hits scoring below this share of the best hit's score are not used (0 keeps all
+    /// `k`). A prompt that names an entity with few pairs would otherwise fill its last places
+    /// with other entities that only share a word with it, and neighbours of the wrong entity
+    /// make worse images than fewer neighbours (docs/entities.md). Only BM25: CLIP's cosines
+    /// and hybrid's fused ranks are not on a scale where a share means the same.
+    pub min_score_ratio: f32,
 }
+
+/// The default [`NeighbourChoice::min_score_ratio`]: on the emoji dataset's held-out prompts every
+/// pair of the prompt's own entity scores at least 0.85 of the best hit (99% above 0.94), other
+/// entities' pairs a median of 0.54 (docs/entities.md).
+pub const DEFAULT_MIN_SCORE_RATIO: f32 = 0.75;
 
 impl NeighbourChoice {
     /// The `k` best BM25 hits for the prompt, weight 1.
@@ -63,6 +74,7 @@ impl NeighbourChoice {
             },
             allow_none: false,
             weight: 1.0,
+            min_score_ratio: DEFAULT_MIN_SCORE_RATIO,
         }
     }
 
@@ -72,6 +84,7 @@ impl NeighbourChoice {
             source: NeighbourSource::Ids(ids.into_iter().map(Into::into).collect()),
             allow_none: false,
             weight: 1.0,
+            min_score_ratio: DEFAULT_MIN_SCORE_RATIO,
         }
     }
 
@@ -97,6 +110,13 @@ impl NeighbourChoice {
     #[must_use]
     pub fn allow_none(mut self, allow: bool) -> Self {
         self.allow_none = allow;
+        self
+    }
+
+    /// Sets [`NeighbourChoice::min_score_ratio`].
+    #[must_use]
+    pub fn min_score_ratio(mut self, ratio: f32) -> Self {
+        self.min_score_ratio = ratio;
         self
     }
 
@@ -183,6 +203,20 @@ pub struct RetrievalRecord {
     pub k: usize,
     /// The entity filter, if any.
     pub entity: Option<String>,
+    /// BM25 hits below this share of the best one's score were not used.
+    pub min_score_ratio: f32,
+}
+
+/// The leading `items` whose score is at least `ratio` times the first one's (all of them for a
+/// ratio of 0, none for no items); `score` reads an item's score. Items come best first.
+pub fn near_best<T>(items: &[T], ratio: f32, score: impl Fn(&T) -> f32) -> usize {
+    let Some(best) = items.first().map(&score) else {
+        return 0;
+    };
+    items
+        .iter()
+        .take_while(|i| score(i) >= ratio * best)
+        .count()
 }
 
 /// What [`KnowledgeBase::generate`] returns.
@@ -335,6 +369,15 @@ impl KnowledgeBase {
                 format!("{} is not a finite weight ≥ 0", choice.weight),
             ));
         }
+        if !(0.0..=1.0).contains(&choice.min_score_ratio) {
+            return Err(invalid(
+                "min_score_ratio",
+                format!(
+                    "{} is not a share of the best score between 0 and 1",
+                    choice.min_score_ratio
+                ),
+            ));
+        }
         let mut warnings = Vec::new();
         let neighbours = match &choice.source {
             NeighbourSource::Retrieve { k, mode, entity } => {
@@ -357,7 +400,19 @@ impl KnowledgeBase {
                 if let Some(entity) = entity {
                     query = query.entity(entity.clone());
                 }
-                let hits = self.search(&query)?;
+                let mut hits = self.search(&query)?;
+                if *mode == SearchMode::Bm25 {
+                    let kept = near_best(&hits, choice.min_score_ratio, |h| h.score);
+                    if kept < hits.len() {
+                        warnings.push(format!(
+                            "{} of {} retrieved pairs scored below {} of the best hit and were left out",
+                            hits.len() - kept,
+                            hits.len(),
+                            choice.min_score_ratio
+                        ));
+                        hits.truncate(kept);
+                    }
+                }
                 if hits.is_empty() {
                     let filter = entity
                         .as_ref()
@@ -524,6 +579,7 @@ fn retrieval_record(choice: &NeighbourChoice) -> Option<RetrievalRecord> {
             mode: *mode,
             k: *k,
             entity: entity.clone(),
+            min_score_ratio: choice.min_score_ratio,
         }),
         NeighbourSource::Ids(_) => None,
     }

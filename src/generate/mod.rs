@@ -23,8 +23,9 @@ use image::RgbImage;
 use crate::tensor::{Tensor, TensorError};
 
 pub use from_kb::{
-    ChosenNeighbour, GenerationRecord, KbGeneration, NeighbourChoice, NeighbourSelection,
-    NeighbourSource, ProvenanceFile, RetrievalRecord, StageRecord, WrittenImage,
+    ChosenNeighbour, DEFAULT_MIN_SCORE_RATIO, GenerationRecord, KbGeneration, NeighbourChoice,
+    NeighbourSelection, NeighbourSource, ProvenanceFile, RetrievalRecord, StageRecord,
+    WrittenImage, near_best,
 };
 pub use guidance::{Branch, Guidance, GuidanceMode, InterleavedChoice, TextSource};
 pub use reimagen::ReImagen;

@@ -6,7 +6,9 @@
 //! A query's words match in three tiers: the same stem (BM25); then, for a word the index does
 //! not hold, words within a small edit distance (typos); and words that start with the last
 //! query word (search as you type). Every pair found by a word of the first tier ranks above
-//! every pair found only by the others.
+//! every pair found only by the others. A text that is an entity's name, or holds one as a run
+//! of its words ("radio in noto style"), lifts that entity's pairs above pairs that only share
+//! words with it ("radio button").
 //!
 //! Writes happen on the store's writer thread only; searches on any thread.
 //!
@@ -51,6 +53,10 @@ const NAME_BOOST: f32 = 3.0;
 const TYPO_SCORE: f32 = 3.0;
 /// Constant score of a word the last query word starts (as [`TYPO_SCORE`]).
 const PREFIX_SCORE: f32 = 3.0;
+/// The longest entity name, in words, looked for inside a query's text.
+const MAX_NAME_WORDS: usize = 8;
+/// The words of a query's text searched for entity names inside it.
+const NAMES_WITHIN_WORDS: usize = 64;
 /// The last query word must have this many characters before it matches as a prefix: shorter
 /// ones would match a large part of the dictionary.
 const PREFIX_MIN_CHARS: usize = 3;
@@ -563,17 +569,38 @@ impl TextIndex {
         }
         // The whole text as an entity name, folded.
         let key = name_key(text);
+        let key_term = Term::from_field_text(f.entity_key, &key);
+        let names_entity =
+            !key.is_empty() && searcher.doc_freq(&key_term).map_err(|e| self.err(e))? > 0;
         if !key.is_empty() {
             exact.push((
                 Occur::Should,
                 boosted(
-                    TermQuery::new(
-                        Term::from_field_text(f.entity_key, &key),
-                        IndexRecordOption::Basic,
-                    ),
+                    TermQuery::new(key_term, IndexRecordOption::Basic),
                     NAME_BOOST,
                 ),
             ));
+        }
+        // Else entity names inside the text: "radio in noto style" names the entity `radio`,
+        // though the whole text names none. Weighted by the share of the text's words the name
+        // covers, so that a longer name that only matches by its stems ("man cooks") can still
+        // win; not when a word is misspelt (the name inside may be another entity's, as
+        // `cat` in "grinnig cat").
+        if !names_entity && loose.is_empty() {
+            let words = text.split_whitespace().count().max(1) as f32;
+            for name in self.names_within(searcher, text)? {
+                let share = name.split_whitespace().count() as f32 / words;
+                exact.push((
+                    Occur::Should,
+                    boosted(
+                        TermQuery::new(
+                            Term::from_field_text(f.entity_key, &name),
+                            IndexRecordOption::Basic,
+                        ),
+                        NAME_BOOST * share.sqrt(),
+                    ),
+                ));
+            }
         }
         // The last word as a prefix of words as written, unless the text ends in a separator
         // (the word is complete).
@@ -603,6 +630,47 @@ impl TextIndex {
             (Occur::Should, Box::new(BooleanQuery::new(loose))),
             (Occur::Should, tier),
         ]))))
+    }
+
+    /// The keys of the entity names that runs of words of `text` spell, read left to right,
+    /// the longest name at each word first, names not overlapping; the whole text is left to
+    /// the caller. Punctuation at either end of a run does not count ("cat," names `cat`),
+    /// inside it does ("flag: chad").
+    fn names_within(
+        &self,
+        searcher: &tantivy::Searcher,
+        text: &str,
+    ) -> Result<Vec<String>, IndexError> {
+        let words: Vec<&str> = text.split_whitespace().take(NAMES_WITHIN_WORDS).collect();
+        let mut keys = Vec::new();
+        let mut start = 0;
+        while start < words.len() {
+            let longest = words.len().min(start + MAX_NAME_WORDS);
+            let mut found = None;
+            for end in (start + 1..=longest).rev() {
+                if start == 0 && end == words.len() {
+                    continue;
+                }
+                let run = words[start..end].join(" ");
+                let key = name_key(run.trim_matches(|c: char| !c.is_alphanumeric()));
+                if key.is_empty() {
+                    continue;
+                }
+                let term = Term::from_field_text(self.fields.entity_key, &key);
+                if searcher.doc_freq(&term).map_err(|e| self.err(e))? > 0 {
+                    found = Some((end, key));
+                    break;
+                }
+            }
+            match found {
+                Some((end, key)) => {
+                    keys.push(key);
+                    start = end;
+                }
+                None => start += 1,
+            }
+        }
+        Ok(keys)
     }
 
     /// Whether some indexed word (as written) starts with `prefix`: one dictionary seek per
