@@ -184,6 +184,7 @@ fn calibration_on_a_tiny_dataset_passes_the_pixel_measures() {
         ks: vec![2],
         seeds: 1,
         entities: EntitySample::All,
+        shard: None,
         arms: parse_arms(&["bm25".into()], &[2], 0.5).unwrap(),
         eta_sweep: false,
         steps: 1,

@@ -86,6 +86,57 @@ impl FromStr for EntitySample {
     }
 }
 
+/// A share of the entities one process runs, so that several processes can split a run that
+/// shares one `--out` folder (the case cache): shard `index` of `count` takes every `count`-th
+/// entity of the sample, from the `index`-th. A run of the whole sample afterwards reads every
+/// case back and writes the report of all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// Which share (from 0).
+    pub index: usize,
+    /// Of how many.
+    pub count: usize,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}` is not a shard I/N with 0 ≤ I < N (e.g. 0/2 and 1/2)");
+        let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// The held-out entities a run takes: all, or a sample of `n` seeded by `seed`, in name order;
+/// of those only `shard`'s share.
+pub fn sample_entities(
+    held_out: &[String],
+    sample: &EntitySample,
+    seed: u64,
+    shard: Option<Shard>,
+) -> Vec<String> {
+    let mut out = held_out.to_vec();
+    if let EntitySample::Count(n) = *sample {
+        out.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        out.truncate(n);
+    }
+    out.sort();
+    if let Some(shard) = shard {
+        out = out
+            .into_iter()
+            .skip(shard.index)
+            .step_by(shard.count)
+            .collect();
+    }
+    out
+}
+
 /// What an arm does with the neighbours.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -209,6 +260,8 @@ pub struct EntitiesOptions {
     pub seeds: usize,
     /// Held-out entities to run.
     pub entities: EntitySample,
+    /// Only this share of them (see [`Shard`]).
+    pub shard: Option<Shard>,
     /// The arms (see [`parse_arms`]).
     pub arms: Vec<Arm>,
     /// Also sweep η of the interleaved guidance on the primary arm.
@@ -1114,11 +1167,12 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
         let (kb, summary) = open_kb(opts, progress)?;
         report.kb = Some(summary);
 
-        let mut sample = held_out.clone();
-        if let EntitySample::Count(n) = opts.entities {
-            sample.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed));
-            sample.truncate(n);
-            sample.sort();
+        let sample = sample_entities(&held_out, &opts.entities, opts.seed, opts.shard);
+        if let Some(shard) = opts.shard {
+            report.notes.push(format!(
+                "shard {} of {}: {} of the sample's entities; the same command without --shard reads the cases back and reports them all",
+                shard.index, shard.count, sample.len()
+            ));
         }
         report.entities = sample.clone();
 
@@ -1541,5 +1595,39 @@ impl EntitiesReport {
 impl std::fmt::Display for EntitiesReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.markdown())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_the_sample_without_overlap_and_bad_ones_are_refused() {
+        let held_out: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+        let sample = sample_entities(&held_out, &EntitySample::Count(7), 3, None);
+        assert_eq!(sample.len(), 7);
+        assert!(sample.is_sorted());
+        let mut joined: Vec<String> = (0..3)
+            .flat_map(|index| {
+                sample_entities(
+                    &held_out,
+                    &EntitySample::Count(7),
+                    3,
+                    Some(Shard { index, count: 3 }),
+                )
+            })
+            .collect();
+        assert_eq!(joined.len(), 7, "no entity in two shards");
+        joined.sort();
+        assert_eq!(joined, sample);
+        assert_eq!(
+            "1/2".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 2 }
+        );
+        for bad in ["2/2", "1", "a/2", "0/0", "-1/2"] {
+            let err = bad.parse::<Shard>().unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
     }
 }

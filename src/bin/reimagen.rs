@@ -661,6 +661,10 @@ struct EntitiesArgs {
     /// Held-out entities: a seeded sample of N, or `all`.
     #[arg(long, default_value_t = reimagen::bench::entities::DEFAULT_ENTITIES.to_string())]
     entities: String,
+    /// Run only share I of N of the entities (e.g. 0/2 and 1/2 in two processes with the same
+    /// --out; the same command without --shard then reports them all from the case cache).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
     /// Arms: bm25 (one per k), clip (first k), bm25-kN, clip-kN, none, copy.
     #[arg(long, value_delimiter = ',', default_value = "bm25,clip,none,copy")]
     arms: Vec<String>,
@@ -724,6 +728,12 @@ fn run_bench_entities(args: EntitiesArgs) -> anyhow::Result<ExitCode> {
         ks: args.k,
         seeds: args.seeds,
         entities: args.entities.parse().map_err(anyhow::Error::msg)?,
+        shard: args
+            .shard
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
         eta_sweep: args.eta_sweep,
         steps: args.steps,
         max_resolution: args.max_resolution,
