@@ -228,6 +228,17 @@ fn calibration_on_a_tiny_dataset_passes_the_pixel_measures() {
     // The same seed gives the same table.
     let again = entities::run_entities(&opts, &|_| {}).unwrap();
     assert_eq!(again.calibration, report.calibration);
+    // A cut-off that is not a share of the best score is refused, as `generate` refuses it.
+    for bad in [1.5, -0.1, f32::NAN] {
+        let opts = EntitiesOptions {
+            min_score_ratio: bad,
+            ..opts.clone()
+        };
+        let err = entities::run_entities(&opts, &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min_score_ratio"), "{bad}: {err}");
+    }
 }
 
 #[test]

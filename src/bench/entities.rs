@@ -245,6 +245,7 @@ pub fn parse_arms(names: &[String], ks: &[usize], eta: f32) -> Result<Vec<Arm>> 
 }
 
 /// Settings of an entity benchmark run.
+#[derive(Clone)]
 pub struct EntitiesOptions {
     /// The generator model folder; `None` runs the calibration alone.
     pub model: Option<PathBuf>,
@@ -1054,6 +1055,16 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
         return Err(GenerateError::InvalidRequest {
             what: "seeds",
             reason: "must be ≥ 1".into(),
+        }
+        .into());
+    }
+    if !(0.0..=1.0).contains(&opts.min_score_ratio) {
+        return Err(GenerateError::InvalidRequest {
+            what: "min_score_ratio",
+            reason: format!(
+                "{} is not a share of the best score between 0 and 1",
+                opts.min_score_ratio
+            ),
         }
         .into());
     }
