@@ -60,10 +60,21 @@ fn demo_builds_the_kb_generates_and_writes_the_sheet() {
     for e in entities {
         assert!(page.contains(e["prompt"].as_str().unwrap()), "{page}");
     }
+    // The page and the report say how it sampled; a flag changes one setting.
+    assert_eq!(report["guidance"]["eta"], 0.5, "{report}");
+    assert!(
+        page.contains("guidance: interleaved, η = 0.5, w_p = 3, w_n = 3"),
+        "{page}"
+    );
 
     // A second run replaces the KB instead of adding to it.
-    let again = Cli::CPU.json(&dir.path().join("unused-kb"), &args);
+    let again = Cli::CPU.json(
+        &dir.path().join("unused-kb"),
+        &[&args[..], &["--wn", "5"]].concat(),
+    );
     assert_eq!(again["imported"], samples);
+    assert_eq!(again["guidance"]["w_n"], 5.0, "{again}");
+    assert_eq!(again["guidance"]["eta"], 0.5, "{again}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::generate::{
-    CancelToken, GenerationObserver, GenerationRequest, Generator, NeighbourChoice,
+    CancelToken, GenerationObserver, GenerationRequest, Generator, Guidance, NeighbourChoice,
 };
 use crate::kb::{KnowledgeBase, Progress};
 use crate::search::SearchMode;
@@ -83,6 +83,8 @@ pub struct DemoReport {
     pub imported: usize,
     /// The generator used.
     pub generator: String,
+    /// The guidance of every generation.
+    pub guidance: Guidance,
     /// The contact sheet.
     pub sheet: PathBuf,
     /// The HTML page.
@@ -97,11 +99,13 @@ impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "built {} ({} pairs) and generated {} held-out entities with {} in {:.0} s",
+            "built {} ({} pairs) and generated {} held-out entities with {} ({} guidance) in \
+             {:.0} s",
             self.kb.display(),
             self.imported,
             self.entities.len(),
             self.generator,
+            self.guidance,
             self.seconds
         )?;
         for e in &self.entities {
@@ -242,11 +246,21 @@ pub fn run(
         .save(&sheet_path)
         .map_err(|e| write_error(&sheet_path, e))?;
     let page = options.out.join("index.html");
-    std::fs::write(&page, html_page(&entities, options.k, generator.name())).map_err(io(&page))?;
+    std::fs::write(
+        &page,
+        html_page(
+            &entities,
+            options.k,
+            generator.name(),
+            &options.request.guidance,
+        ),
+    )
+    .map_err(io(&page))?;
     Ok(DemoReport {
         kb: kb_dir,
         imported,
         generator: generator.name().to_string(),
+        guidance: options.request.guidance,
         sheet: sheet_path,
         page,
         entities,
@@ -255,7 +269,7 @@ pub fn run(
 }
 
 /// The page beside the sheet: the same rows, with the neighbours' captions.
-fn html_page(entities: &[DemoEntity], k: usize, generator: &str) -> String {
+fn html_page(entities: &[DemoEntity], k: usize, generator: &str, guidance: &Guidance) -> String {
     let img = |p: &Path| {
         let name = p
             .file_name()
@@ -303,10 +317,12 @@ fn html_page(entities: &[DemoEntity], k: usize, generator: &str) -> String {
          img{{image-rendering:pixelated;border:1px solid #ddd}}</style>\n\
          <h1>reimagen demo</h1>\n<p>Held-out entities (never seen by the models) generated \
          with the neighbours retrieved from the demo KB and without them, same seed; the last \
-         column is the held-out picture, kept out of the KB. Generator: {}.</p>\n<table>\n\
+         column is the held-out picture, kept out of the KB. Generator: {}; guidance: {}.</p>\n\
+         <table>\n\
          <tr><th>prompt</th>{heads}<th>with retrieval</th><th>without</th><th>held out</th></tr>\n\
          {rows}</table>\n",
-        escape(generator)
+        escape(generator),
+        escape(&guidance.to_string())
     )
 }
 

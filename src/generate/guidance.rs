@@ -119,6 +119,23 @@ impl Default for Guidance {
     }
 }
 
+impl std::fmt::Display for Guidance {
+    /// The mode and the settings it uses: `interleaved, η = 0.25, w_p = 3, w_n = 5`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.mode {
+            GuidanceMode::Joint => return f.write_str("none"),
+            GuidanceMode::Standard => return write!(f, "standard, w = {}", self.w),
+            GuidanceMode::Interleaved => "interleaved",
+            GuidanceMode::Weighted => "weighted",
+        };
+        write!(
+            f,
+            "{name}, η = {}, w_p = {}, w_n = {}",
+            self.eta, self.w_p, self.w_n
+        )
+    }
+}
+
 /// Which of Eq. 6's two guided outputs an interleaved step uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterleavedChoice {
