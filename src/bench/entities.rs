@@ -1058,16 +1058,7 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
         }
         .into());
     }
-    if !(0.0..=1.0).contains(&opts.min_score_ratio) {
-        return Err(GenerateError::InvalidRequest {
-            what: "min_score_ratio",
-            reason: format!(
-                "{} is not a share of the best score between 0 and 1",
-                opts.min_score_ratio
-            ),
-        }
-        .into());
-    }
+    crate::generate::check_min_score_ratio(opts.min_score_ratio)?;
     let manifest = read_manifest(&opts.dataset)?;
     let renditions: HashMap<String, Rendition> = manifest
         .iter()

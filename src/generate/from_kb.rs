@@ -219,6 +219,22 @@ pub fn near_best<T>(items: &[T], ratio: f32, score: impl Fn(&T) -> f32) -> usize
         .count()
 }
 
+/// Checks that `ratio` is a share of the best score, 0 ≤ ratio ≤ 1 (what [`near_best`] and
+/// [`NeighbourChoice::min_score_ratio`] take).
+///
+/// # Errors
+/// [`GenerateError::InvalidRequest`] naming `min_score_ratio`.
+pub fn check_min_score_ratio(ratio: f32) -> std::result::Result<(), GenerateError> {
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(())
+    } else {
+        Err(GenerateError::InvalidRequest {
+            what: "min_score_ratio",
+            reason: format!("{ratio} is not a share of the best score between 0 and 1"),
+        })
+    }
+}
+
 /// What [`KnowledgeBase::generate`] returns.
 #[derive(Debug, Clone)]
 pub struct KbGeneration {
@@ -369,15 +385,7 @@ impl KnowledgeBase {
                 format!("{} is not a finite weight ≥ 0", choice.weight),
             ));
         }
-        if !(0.0..=1.0).contains(&choice.min_score_ratio) {
-            return Err(invalid(
-                "min_score_ratio",
-                format!(
-                    "{} is not a share of the best score between 0 and 1",
-                    choice.min_score_ratio
-                ),
-            ));
-        }
+        check_min_score_ratio(choice.min_score_ratio)?;
         let mut warnings = Vec::new();
         let neighbours = match &choice.source {
             NeighbourSource::Retrieve { k, mode, entity } => {

@@ -120,7 +120,7 @@ impl Default for Guidance {
 }
 
 impl std::fmt::Display for Guidance {
-    /// The mode and the settings it uses: `interleaved, η = 0.25, w_p = 3, w_n = 5`.
+    /// The mode and the settings it uses: `interleaved, η = 0.5, w_p = 3, w_n = 3`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match self.mode {
             GuidanceMode::Joint => return f.write_str("none"),

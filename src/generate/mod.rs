@@ -25,7 +25,7 @@ use crate::tensor::{Tensor, TensorError};
 pub use from_kb::{
     ChosenNeighbour, DEFAULT_MIN_SCORE_RATIO, GenerationRecord, KbGeneration, NeighbourChoice,
     NeighbourSelection, NeighbourSource, ProvenanceFile, RetrievalRecord, StageRecord,
-    WrittenImage, near_best,
+    WrittenImage, check_min_score_ratio, near_best,
 };
 pub use guidance::{Branch, Guidance, GuidanceMode, InterleavedChoice, TextSource};
 pub use reimagen::ReImagen;
