@@ -78,6 +78,11 @@ TRAIN_DEFAULTS = {
     "low_res_key": None,      # and the low-res one (SR stages); None: box-downsample the target
     "crop": 0,                # SR stages: train on random crops of this size (0: whole images)
     "threads": 2,
+    # A cooldown (warm-up, stable, decay): from `decay_from_samples` the learning rate falls
+    # linearly to 0 at `decay_to_samples`, where the run stops. None: a constant rate. Set in a
+    # branch's config, so the stable run can go on from its own checkpoint (docs/training.md).
+    "decay_from_samples": None,
+    "decay_to_samples": None,
 }
 
 
@@ -434,6 +439,15 @@ def plot(run: pathlib.Path, history: list[dict], evals: list[dict]) -> None:
     plt.close(fig)
 
 
+def cooldown_factor(tr: dict, samples: int) -> float:
+    """The learning rate's multiplier at `samples`: 1 before the cooldown, then a linear fall to
+    0 at `decay_to_samples`."""
+    start, end = tr["decay_from_samples"], tr["decay_to_samples"]
+    if end is None or samples <= start:
+        return 1.0
+    return max(0.0, (end - samples) / (end - start))
+
+
 def train(args) -> None:
     run = pathlib.Path(args.out)
     run.mkdir(parents=True, exist_ok=True)
@@ -507,6 +521,11 @@ def train(args) -> None:
                 f"gap {res['noname_gap']:+.5f}")
 
     limit_samples = args.max_samples or float("inf")
+    if tr["decay_to_samples"] is not None:
+        if tr["decay_from_samples"] is None or tr["decay_from_samples"] >= tr["decay_to_samples"]:
+            raise SystemExit(f"{args.config}: decay_from_samples must be set and below "
+                             f"decay_to_samples")
+        limit_samples = min(limit_samples, tr["decay_to_samples"])
     limit_s = args.minutes * 60 if args.minutes else float("inf")
     start = time.time()
     last_ckpt = start
@@ -539,6 +558,7 @@ def train(args) -> None:
             aug = torch.randint(cfg.noise_aug_max, (bs,), device=device)
             aug_noise = torch.randn_like(b["low"])
         lr = tr["lr"] * min(1.0, (state["step"] - state.get("opt_step0", 0) + 1) / tr["warmup_steps"])
+        lr *= cooldown_factor(tr, state["samples"])
         for group in opt.param_groups:
             group["lr"] = lr
         with autocast:
