@@ -521,11 +521,12 @@ def train(args) -> None:
                 f"gap {res['noname_gap']:+.5f}")
 
     limit_samples = args.max_samples or float("inf")
-    if tr["decay_to_samples"] is not None:
-        if tr["decay_from_samples"] is None or tr["decay_from_samples"] >= tr["decay_to_samples"]:
-            raise SystemExit(f"{args.config}: decay_from_samples must be set and below "
-                             f"decay_to_samples")
-        limit_samples = min(limit_samples, tr["decay_to_samples"])
+    decay = (tr["decay_from_samples"], tr["decay_to_samples"])
+    if decay != (None, None):
+        if None in decay or decay[0] >= decay[1]:
+            raise SystemExit(f"{args.config}: decay_from_samples and decay_to_samples are set "
+                             f"together, the first below the second (got {decay})")
+        limit_samples = min(limit_samples, decay[1])
     limit_s = args.minutes * 60 if args.minutes else float("inf")
     start = time.time()
     last_ckpt = start
