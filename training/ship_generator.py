@@ -8,6 +8,10 @@ and its last validation losses with and without neighbours (the neighbour gap).
         --stage base=runs/base32 --stage sr64=runs/sr32to64 --stage sr256=runs/sr64to256 \
         --out models/reimagen --clip-rel ../../clip
 
+A stage that is not trained again may be given as its exported stage folder instead of a run
+(`--stage sr64=models/reimagen-old/sr64`): it is copied unchanged, its card row read from its
+training.json (which lists every evaluation since exports began keeping them all).
+
 Every stage names the CLIP text tower by `--clip-rel` (relative to the stage folder): the
 shipped models/clip is ../../clip from models/reimagen/<stage>. A stage whose run has no
 evaluation, or whose low-res size does not match the stage below, stops the script.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import json
 import pathlib
 import shutil
 import sys
@@ -33,6 +38,10 @@ from train_reimagen import export, read_jsonl  # noqa: E402
 
 
 def stage_record(name: str, run: pathlib.Path) -> dict:
+    """A stage from a run folder (its checkpoint's EMA weights are exported) or from an exported
+    stage folder (shipped unchanged: a stage that was not trained again, whose run is elsewhere)."""
+    if not (run / "checkpoint.pt").exists():
+        return folder_record(name, run)
     saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
     cfg = UNetConfig.from_dict(saved["config"])
     state = saved["state"]
@@ -42,6 +51,34 @@ def stage_record(name: str, run: pathlib.Path) -> dict:
         "name": name, "run": run, "cfg": cfg, "train": saved["train"], "state": state,
         "params": count_parameters(ReImagenUNet(cfg)),
     }
+
+
+def folder_record(name: str, folder: pathlib.Path) -> dict:
+    """An exported stage folder's record: config.json and training.json (export writes both)."""
+    try:
+        cfg = UNetConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        rec = json.loads((folder / "training.json").read_text())
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"{folder}: neither a run (no checkpoint.pt) nor an exported stage: {e}")
+    if not rec.get("evals"):
+        raise SystemExit(f"{folder}: its training.json has no evaluation")
+    state = {"step": rec["steps"], "samples": rec["samples"], "elapsed": rec["elapsed_s"],
+             "evals": rec["evals"], "init_from": rec.get("init_from")}
+    return {"name": name, "run": folder, "folder": True, "cfg": cfg,
+            "train": {"batch_size": rec.get("batch_size")}, "state": state,
+            "params": count_parameters(ReImagenUNet(cfg))}
+
+
+def ship_folder(src: pathlib.Path, dest: pathlib.Path, clip_rel: str) -> None:
+    """Copy an exported stage folder, pointing its text encoder at `clip_rel`."""
+    if src.resolve() == dest.resolve():
+        raise SystemExit(f"{src} is also where --out puts the stage; ship to another folder")
+    shutil.copytree(src, dest)
+    config = dest / "config.json"
+    doc = json.loads(config.read_text())
+    doc["text_encoder"] = clip_rel
+    config.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"shipped {src} unchanged to {dest}")
 
 
 def data_summary(data: pathlib.Path) -> dict:
@@ -106,7 +143,7 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
     for s in stages:
         st, ev = s["state"], s["state"]["evals"][-1]
         lines.append(
-            f"| `{s['name']}` | {st['step']:,} | {st['samples']:,} | {s['train']['batch_size']} | "
+            f"| `{s['name']}` | {st['step']:,} | {st['samples']:,} | {s['train']['batch_size'] or '—'} | "
             f"{st['elapsed'] / 3600:.2f} | {ev['with']:.4f} | {ev['without']:.4f} | "
             f"{ev['gap']:+.5f} | "
             + (f"{ev['noname_gap']:+.5f} |" if "noname_gap" in ev else "— |"))
@@ -154,7 +191,8 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", action="append", required=True, metavar="NAME=RUN",
-                    help="a stage name and its run folder, lowest resolution first")
+                    help="a stage name and its run folder (or exported stage folder), lowest "
+                         "resolution first")
     ap.add_argument("--out", required=True, type=pathlib.Path)
     ap.add_argument("--data", required=True, type=pathlib.Path, help="the emoji dataset")
     ap.add_argument("--clip-rel", default="../../clip")
@@ -181,6 +219,9 @@ def main() -> None:
         folder = args.out / s["name"]
         if folder.exists():
             shutil.rmtree(folder)
+        if s.get("folder"):
+            ship_folder(s["run"], folder, args.clip_rel)
+            continue
         export(s["run"], folder, args.clip_rel)
         for png in ("loss.png", "samples.png"):
             if (s["run"] / png).exists():

@@ -614,8 +614,12 @@ def export(run, out, clip_rel: str | None = None) -> None:
     model = ReImagenUNet(cfg)
     model.load_state_dict(saved["ema"])
     files = export_stage(model, out)
-    card = {"steps": saved["state"]["step"], "samples": saved["state"]["samples"],
-            "elapsed_s": saved["state"]["elapsed"], "evals": saved["state"]["evals"][-1:]}
+    # Every evaluation (a warm start carries them on) and what a card needs to list the run
+    # without its checkpoint: ship_generator.py can ship an exported stage unchanged.
+    st = saved["state"]
+    card = {"steps": st["step"], "samples": st["samples"], "elapsed_s": st["elapsed"],
+            "batch_size": saved["train"]["batch_size"], "evals": st["evals"],
+            **({"init_from": st["init_from"]} if st.get("init_from") else {})}
     (pathlib.Path(out) / "training.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"exported {len(files)} shard(s) to {out}")
 
