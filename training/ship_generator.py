@@ -165,6 +165,8 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
     for s in stages:
         gaps = ", ".join(f"{e['samples'] // 1000}k: {e['gap']:+.4f}" for e in s["state"]["evals"])
         lines.append(f"- `{s['name']}`: {gaps}")
+    lines += ["", "(An export kept only its last evaluation until 2026-12-04; the runs before, "
+              "with their evaluations, are in docs/training.md, Runs.)"]
     starts = [s for s in stages if s["state"].get("init_from")]
     if starts:
         lines += ["", "Warm starts (`train_reimagen.py --init-from`: the weights of an earlier "
