@@ -71,8 +71,6 @@ def folder_record(name: str, folder: pathlib.Path) -> dict:
 
 def ship_folder(src: pathlib.Path, dest: pathlib.Path, clip_rel: str) -> None:
     """Copy an exported stage folder, pointing its text encoder at `clip_rel`."""
-    if src.resolve() == dest.resolve():
-        raise SystemExit(f"{src} is also where --out puts the stage; ship to another folder")
     shutil.copytree(src, dest)
     config = dest / "config.json"
     doc = json.loads(config.read_text())
@@ -216,6 +214,13 @@ def main() -> None:
     if stages[0]["cfg"].is_super_resolution:
         raise SystemExit(f"the first stage ({stages[0]['name']}) must be a base stage")
 
+    # A stage folder shipped unchanged must not be one that --out replaces (before it is read).
+    dests = [(args.out / s["name"]).resolve() for s in stages]
+    for s in stages:
+        src = s["run"].resolve()
+        if s.get("folder") and any(src == d or d in src.parents for d in dests):
+            raise SystemExit(f"{s['run']} is inside what --out {args.out} replaces; "
+                             "ship to another folder")
     args.out.mkdir(parents=True, exist_ok=True)
     for s in stages:
         folder = args.out / s["name"]
