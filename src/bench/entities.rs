@@ -1324,7 +1324,11 @@ pub fn run_entities(opts: &EntitiesOptions, progress: &dyn Fn(&str)) -> Result<E
         for &k in &opts.ks[1..] {
             wanted.push((format!("bm25-k{k}"), first.clone(), 0));
         }
-        wanted.push((first.clone(), "copy".into(), 1));
+        // Against the copy every measure: the model must beat pasting its top neighbour on the
+        // target's likeness (CLIP-I, layout, IoU) as well as on the prompt (CLIP-T).
+        for m in 0..METRICS.len() {
+            wanted.push((first.clone(), "copy".into(), m));
+        }
         wanted.push((first.clone(), format!("clip-k{}", opts.ks[0]), 0));
         report.comparisons = wanted
             .iter()
