@@ -25,31 +25,34 @@ fn a_closed_pipe_ends_the_output_quietly_with_the_sigpipe_status() {
             &image_bytes([(i * 7) as u8, 90, 200], i, 24, 16, ImageFormat::Png),
         );
     }
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_reimagen"))
+    let command = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reimagen"));
+        command
             .arg("--kb")
             .arg(&kb)
             .args(args)
             .env_remove("REIMAGEN_KB")
-            .env("RUST_BACKTRACE", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .env("RUST_BACKTRACE", "1");
+        command
     };
-    assert!(run(&["init", "--no-models"]).wait().unwrap().success());
-    assert!(
-        run(&["import", photos.to_str().unwrap()])
-            .wait()
-            .unwrap()
-            .success()
-    );
+    for args in [
+        &["init", "--no-models"][..],
+        &["import", photos.to_str().unwrap()],
+    ] {
+        let out = command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     for args in [&["list", "--json"][..], &["list"], &["search", "picture"]] {
-        let mut child = run(args);
-        // The reader goes away before the KB is even open: the first line written meets a
-        // closed pipe.
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        // The reader is gone before the child starts, so its first line meets a closed pipe
+        // (dropping the read end after the spawn would race a child that writes everything
+        // into the pipe's buffer first and exits 0).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = command(args).stdout(Stdio::from(writer)).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
         assert!(
