@@ -135,8 +135,8 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
         "## Training runs",
         "",
         "| stage | steps | samples | batch | hours | val loss with neighbours | without | neighbour gap "
-        "| gap, entity names dropped |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| gap, entity names dropped | gap, made-up names |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in stages:
         st, ev = s["state"], s["state"]["evals"][-1]
@@ -144,7 +144,9 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
             f"| `{s['name']}` | {st['step']:,} | {st['samples']:,} | {s['train']['batch_size'] or '—'} | "
             f"{st['elapsed'] / 3600:.2f} | {ev['with']:.4f} | {ev['without']:.4f} | "
             f"{ev['gap']:+.5f} | "
-            + (f"{ev['noname_gap']:+.5f} |" if "noname_gap" in ev else "— |"))
+            + (f"{ev['noname_gap']:+.5f} |" if "noname_gap" in ev else "— |")
+            + (f" {ev['pseudo_with']:.4f} / {ev['pseudo_without']:.4f}: {ev['pseudo_gap']:+.5f} |"
+               if "pseudo_gap" in ev else " — |"))
     lines += [
         "",
         f"Trained on {trained_on} by `training/train_reimagen.py`; docs/training.md has the "
@@ -155,7 +157,10 @@ def card(stages: list[dict], data: dict, clip_rel: str, trained_on: str, note: s
         "with and without neighbours, the gap) and `samples.png` (target, its two neighbours, a "
         "sample with them, a sample without). The last column is the same gap with the "
         "captions' entity names dropped (\"twemoji style\"), as a held-out entity's name "
-        "means nothing to the model: there the neighbours are the only clue.",
+        "means nothing to the model: there the neighbours are the only clue. The last one "
+        "gives the captions, and the same-entity neighbours' captions, a made-up name "
+        "(\"gindige ster, twemoji style\"), as a held-out entity's prompt reads to a text "
+        "encoder that never learnt its name: loss with / without neighbours, and the gap.",
         "",
         "Gap per evaluation:",
         "",

@@ -15,7 +15,9 @@ What a run does, the paper's way (design.md §2, §6; issue 10 §3):
 - a fixed validation set of *held-back renditions of train entities* (a hash of the id picks
   ~4% of the renditions of entities with ≥ 2 renditions); they are never trained on and never
   serve as a training example's neighbour;
-- independent dropout of the text (p = 0.1) and of the neighbours (p = 0.1);
+- independent dropout of the text (p = 0.1) and of the neighbours (p = 0.1); a share of the
+  captions loses its entity name (p_drop_name) or gets a made-up one (p_pseudo_name), as a
+  held-out entity's name reads to the model;
 - AdamW, EMA of the weights, optional bf16 autocast, gradient clipping;
 - every `eval_every` samples: the validation loss with and without neighbours (the same
   timesteps and noise every time) and the **neighbour gap** = without − with;
@@ -68,10 +70,21 @@ TRAIN_DEFAULTS = {
     # "twemoji style"): the way a held-out entity's prompt looks to a model that never read its
     # name. Only the neighbours then say which entity to draw (docs/training.md).
     "p_drop_name": 0.0,
+    # The share of examples whose entity name is replaced by a made-up one, in their caption and
+    # in the captions of their neighbours of the same entity ("dog face, twemoji style" →
+    # "brillon tesk, twemoji style"): a held-out entity's name is a word the text encoder never
+    # learnt, whose token states point at whatever entities share its pieces, so the model
+    # learns that a name it does not know says nothing and the neighbours say what to draw.
+    # Drawn after p_drop_name: the shares add up (docs/training.md).
+    "p_pseudo_name": 0.0,
+    "pseudo_names": 1024,     # the made-up names, each captioned in every style (encoded once)
     "neighbours": 2,
     "neighbour_backprop": True,  # gradients through the neighbours' DStack pass (False: ~20% cheaper)
     "val_examples": 64,
     "val_heldback_percent": 4,
+    # Whole train-split entities set apart for validation (blake2b("entity:" + name) mod 100 <
+    # this): never trained on, they are to the model what a held-out entity is. 0: none.
+    "val_entities_percent": 0,
     "eval_every_samples": 20000,
     "checkpoint_every_s": 600,
     "image_key": "64",        # which manifest `files` entry holds the target image
@@ -114,6 +127,40 @@ def style_caption(style: str) -> str:
     return f"{style} style"
 
 
+def pseudo_names(entities: list[str], n: int, seed: int = 0) -> list[str]:
+    """`n` made-up entity names shaped like `entities`: as many words as a random entity has,
+    each a real word of theirs one time in five, else a word drawn from the letter bigrams of
+    their words (3–12 letters, not one of their words); none equal to an entity. Deterministic."""
+    rng = random.Random(seed)
+    vocab = sorted({w for e in entities for w in e.split()})
+    known = set(vocab)
+    chain: dict[str, list[str]] = {}
+    for w in vocab:
+        w = f"^{w}$"
+        for a, b in zip(w, w[1:]):
+            chain.setdefault(a, []).append(b)
+
+    def word() -> str:
+        while True:
+            c, w = "^", ""
+            while len(w) < 12:
+                c = rng.choice(chain[c])
+                if c == "$":
+                    break
+                w += c
+            if len(w) >= 3 and w not in known:
+                return w
+
+    taken, out = set(entities), []
+    while len(out) < n:
+        words = len(rng.choice(entities).split())
+        name = " ".join(rng.choice(vocab) if rng.random() < 0.2 else word() for _ in range(words))
+        if name not in taken:
+            taken.add(name)
+            out.append(name)
+    return out
+
+
 def to_model_range(u8: torch.Tensor) -> torch.Tensor:
     return u8.float() / 127.5 - 1.0
 
@@ -133,12 +180,22 @@ class EmojiData:
         per_entity: dict[str, int] = {}
         for m in manifest:
             per_entity[m["entity"]] = per_entity.get(m["entity"], 0) + 1
+        # Validation entities (val_entities_percent): whole train-split entities set apart — never
+        # trained on, never a training example's neighbour — as a held-out entity is to the
+        # model, so their losses measure what the neighbours bring to an entity it never drew.
+        vpct = train["val_entities_percent"]
+        unseen_entities = {m["entity"] for m in manifest
+                           if vpct and held_back("entity:" + m["entity"], vpct)}
+        by_hash = lambda i: hashlib.blake2b(i.encode(), digest_size=8).digest()  # noqa: E731
         pct = train["val_heldback_percent"]
         val_ids = sorted(
             (m["id"] for m in manifest
-             if per_entity[m["entity"]] >= 2 and held_back(m["id"], pct) and m["id"] in neighbours),
-            key=lambda i: hashlib.blake2b(i.encode(), digest_size=8).digest())
-        heldback = {m["id"] for m in manifest if held_back(m["id"], pct)}
+             if per_entity[m["entity"]] >= 2 and held_back(m["id"], pct) and m["id"] in neighbours
+             and m["entity"] not in unseen_entities), key=by_hash)
+        unseen_ids = sorted((m["id"] for m in manifest
+                             if m["entity"] in unseen_entities and m["id"] in neighbours), key=by_hash)
+        heldback = {m["id"] for m in manifest
+                    if held_back(m["id"], pct) or m["entity"] in unseen_entities}
         self.ids = [m["id"] for m in manifest]
         self.index = {i: n for n, i in enumerate(self.ids)}
         self.train_ids = [i for i in self.ids if i not in heldback and i in neighbours]
@@ -170,11 +227,24 @@ class EmojiData:
         self.style_row = torch.tensor([styles.index(by_id[i]["style"]) for i in self.ids])
         self.style_text, self.style_valid = s_states.half(), s_valid
         log(f"data: {len(self.ids)} captions encoded in {time.time() - t0:.1f}s")
+        # Made-up names (p_pseudo_name): pseudo_text[j, s] holds "<name j>, <style s> style".
+        entities = sorted({by_id[i]["entity"] for i in self.ids})
+        self.entity_row = torch.tensor([entities.index(by_id[i]["entity"]) for i in self.ids])
+        self.pseudo_text = self.pseudo_valid = None
+        if train["pseudo_names"] > 0:
+            t0 = time.time()
+            names = pseudo_names(entities, train["pseudo_names"])
+            p_states, p_valid = enc.encode([f"{n}, {s} style" for n in names for s in styles])
+            shape = (len(names), len(styles))
+            self.pseudo_text = p_states.half().view(*shape, *p_states.shape[1:])
+            self.pseudo_valid = p_valid.view(*shape, -1)
+            log(f"data: {len(names)} made-up names × {len(styles)} styles encoded in "
+                f"{time.time() - t0:.1f}s (e.g. {', '.join(names[:3])})")
 
         # Neighbour table [N, K] of row indices (−1 = none). Held-back renditions never serve as
         # a training example's neighbour; a validation example keeps all its neighbours.
         self.nbr = torch.full((len(self.ids), k), -1, dtype=torch.long)
-        val_set = set(val_ids)
+        val_set = set(val_ids) | set(unseen_ids)
         for i in self.ids:
             if i not in neighbours:
                 continue
@@ -186,14 +256,38 @@ class EmojiData:
         # Validation examples need a neighbour, or "with" and "without" are the same call.
         self.val_ids = [i for i in val_ids if int(self.nbr[self.index[i]].max()) >= 0]
         self.val_ids = self.val_ids[: train["val_examples"]]
+        self.unseen_ids = [i for i in unseen_ids if int(self.nbr[self.index[i]].max()) >= 0]
+        self.unseen_ids = self.unseen_ids[: train["val_examples"]]
         log(f"data: {len(self.ids)} train-split renditions, {len(self.train_ids)} training "
-            f"examples, {len(heldback)} held back, {len(self.val_ids)} validation examples")
+            f"examples, {len(heldback)} held back, {len(self.val_ids)} validation examples"
+            + (f", {len(self.unseen_ids)} of {len(unseen_entities)} unseen validation entities"
+               if unseen_entities else ""))
 
     def drop_names(self, b: dict, rows: torch.Tensor, which: torch.Tensor) -> None:
         """Give the examples `which` (bool [B]) their style-only caption, in place."""
         st = self.style_row[rows[which]]
         b["text"][which] = self.style_text[st].float()
         b["text_valid"][which] = self.style_valid[st]
+
+    def pseudo_name(self, b: dict, rows: torch.Tensor, which: torch.Tensor,
+                    picks: torch.Tensor) -> None:
+        """Give the examples `which` (bool [B]) the made-up name `picks[i]` in their caption and
+        in their neighbours' captions of the same entity (a KB would hold the unknown name in
+        both), in place."""
+        idx = which.nonzero().flatten()
+        if len(idx) == 0:
+            return
+        r, j = rows[idx], picks[idx]
+        b["text"][idx] = self.pseudo_text[j, self.style_row[r]].float()
+        b["text_valid"][idx] = self.pseudo_valid[j, self.style_row[r]]
+        k = self.nbr.shape[1]
+        nb = self.nbr[r]
+        same = ((nb >= 0) & (self.entity_row[nb.clamp(min=0)] == self.entity_row[r, None])).flatten()
+        slots = (idx[:, None] * k + torch.arange(k)).flatten()[same]
+        jj = j[:, None].expand(-1, k).flatten()[same]
+        st = self.style_row[nb.flatten()[same]]
+        b["nbr_text"][slots] = self.pseudo_text[jj, st].float()
+        b["nbr_valid"][slots] = self.pseudo_valid[jj, st]
 
     def batch(self, rows: torch.Tensor):
         """Targets, text, neighbour images/text/weights (weight 0 where a slot is empty)."""
@@ -274,61 +368,98 @@ def to_device(b: dict, device) -> dict:
 
 
 class Validation:
-    """A fixed validation batch with fixed timesteps and noise: losses are comparable across
-    evaluations and the with/without-neighbours difference is paired."""
+    """Fixed validation batches with fixed timesteps and noise: losses are comparable across
+    evaluations and the with/without-neighbours difference is paired.
+
+    Two sets: held-back renditions of train entities (keys without a prefix, "noname_…",
+    "pseudo_…") and, when the config sets `val_entities_percent`, renditions of validation
+    entities the model never trained on ("unseen_…", "unseen_pseudo_…")."""
 
     def __init__(self, data: EmojiData, sched: Schedule, cfg: UNetConfig, seed: int = 1234,
                  crop: int = 0):
+        self.sets = []
         g = torch.Generator().manual_seed(seed)
         rows = torch.tensor([data.index[i] for i in data.val_ids], dtype=torch.long)
-        self.batch = data.batch(rows)
+        batch = data.batch(rows)
         # The same examples with the entity name dropped from their captions: the neighbours
         # are then the only clue to the entity, as for a held-out entity's prompt.
-        self.noname = {**self.batch, "text": self.batch["text"].clone(),
-                       "text_valid": self.batch["text_valid"].clone()}
-        data.drop_names(self.noname, rows, torch.ones(len(rows), dtype=torch.bool))
+        noname = {**batch, "text": batch["text"].clone(), "text_valid": batch["text_valid"].clone()}
+        data.drop_names(noname, rows, torch.ones(len(rows), dtype=torch.bool))
+        arms = [("", batch), ("noname_", noname)]
+        # And with made-up names in their captions and their same-entity neighbours' captions:
+        # a held-out entity's prompt, whose name the text encoder never learnt.
+        if data.pseudo_text is not None:
+            arms.append(("pseudo_", self.made_up(data, batch, rows, seed + 1)))
+        self.add(arms, g, sched, cfg, crop)
+        if data.unseen_ids:
+            rows = torch.tensor([data.index[i] for i in data.unseen_ids], dtype=torch.long)
+            batch = data.batch(rows)
+            arms = [("unseen_", batch)]
+            if data.pseudo_text is not None:
+                arms.append(("unseen_pseudo_", self.made_up(data, batch, rows, seed + 3)))
+            self.add(arms, torch.Generator().manual_seed(seed + 2), sched, cfg, crop)
+
+    @staticmethod
+    def made_up(data: EmojiData, batch: dict, rows: torch.Tensor, seed: int) -> dict:
+        picks = torch.randint(len(data.pseudo_text), (len(rows),),
+                              generator=torch.Generator().manual_seed(seed))
+        out = {**batch, **{k: batch[k].clone() for k in ("text", "text_valid", "nbr_text", "nbr_valid")}}
+        data.pseudo_name(out, rows, torch.ones(len(rows), dtype=torch.bool), picks)
+        return out
+
+    def add(self, arms, g, sched: Schedule, cfg: UNetConfig, crop: int) -> None:
         if crop:  # the centre crop, so evaluations stay comparable
-            self.batch = crop_batch(self.batch, cfg, crop)
-            self.noname = crop_batch(self.noname, cfg, crop)
-        n = len(rows)
+            arms = [(p, crop_batch(b, cfg, crop)) for p, b in arms]
+        first = arms[0][1]
+        n = len(first["x0"])
+        if n == 0:
+            return
         # Stratified timesteps so every noise level is represented.
-        self.t = ((torch.arange(n) + torch.rand(n, generator=g)) * sched.T / max(n, 1)).long()
-        self.t = self.t.clamp(0, sched.T - 1)
-        self.noise = torch.randn(self.batch["x0"].shape, generator=g)
-        self.aug = self.aug_noise = None
+        t = ((torch.arange(n) + torch.rand(n, generator=g)) * sched.T / max(n, 1)).long()
+        t = t.clamp(0, sched.T - 1)
+        noise = torch.randn(first["x0"].shape, generator=g)
+        aug = aug_noise = None
         if cfg.is_super_resolution and cfg.noise_aug_level > 0:
-            self.aug = torch.full((n,), cfg.noise_aug_level, dtype=torch.long)
-            self.aug_noise = torch.randn(self.batch["low"].shape, generator=g)
+            aug = torch.full((n,), cfg.noise_aug_level, dtype=torch.long)
+            aug_noise = torch.randn(first["low"].shape, generator=g)
+        self.sets.append((arms, t, noise, aug, aug_noise))
+
+    def keys(self) -> list[str]:
+        """The keys `run` returns."""
+        return [p + a for arms, *_ in self.sets for p, _ in arms for a in ("with", "without", "gap")]
 
     @torch.no_grad()
     def run(self, model, sched, device, chunk: int = 32) -> dict:
         """Validation losses: "with" and "without" neighbours on the full captions (their
-        difference is the neighbour gap), and the same two with the entity names dropped
-        ("noname_with", "noname_without", their difference "noname_gap")."""
-        if len(self.t) == 0:
+        difference is the neighbour gap), the same two with the entity names dropped
+        ("noname_with", "noname_without", their difference "noname_gap"), with made-up names
+        ("pseudo_…", when the data has them), and on the unseen validation entities
+        ("unseen_…", "unseen_pseudo_…", when the config sets them apart)."""
+        if not self.sets:
             return {}
         model.eval()
         res = {}
-        for prefix, full in (("", self.batch), ("noname_", self.noname)):
-            for arm in ("with", "without"):
-                losses = []
-                for s in range(0, len(self.t), chunk):
-                    sl = slice(s, s + chunk)
-                    b = {k: (v[sl] if torch.is_tensor(v) and k not in ("nbr_images", "nbr_text", "nbr_valid")
-                             else v) for k, v in full.items()}
-                    kk = full["nbr_weights"].shape[1]
-                    nsl = slice(s * kk, (s + chunk) * kk)
-                    for key in ("nbr_images", "nbr_text", "nbr_valid"):
-                        b[key] = full[key][nsl]
-                    if arm == "without":
-                        b["nbr_weights"] = torch.zeros_like(b["nbr_weights"])
-                    b = to_device(b, device)
-                    losses.append(model_loss(
-                        model, sched, b, self.t[sl].to(device), self.noise[sl].to(device),
-                        None if self.aug is None else self.aug[sl].to(device),
-                        None if self.aug_noise is None else self.aug_noise[sl].to(device)).cpu())
-                res[prefix + arm] = float(torch.cat(losses).mean())
-            res[prefix + "gap"] = res[prefix + "without"] - res[prefix + "with"]
+        for arms, t, noise, aug, aug_noise in self.sets:
+            for prefix, full in arms:
+                for arm in ("with", "without"):
+                    losses = []
+                    for s in range(0, len(t), chunk):
+                        sl = slice(s, s + chunk)
+                        b = {k: (v[sl] if torch.is_tensor(v) and k not in ("nbr_images", "nbr_text", "nbr_valid")
+                                 else v) for k, v in full.items()}
+                        kk = full["nbr_weights"].shape[1]
+                        nsl = slice(s * kk, (s + chunk) * kk)
+                        for key in ("nbr_images", "nbr_text", "nbr_valid"):
+                            b[key] = full[key][nsl]
+                        if arm == "without":
+                            b["nbr_weights"] = torch.zeros_like(b["nbr_weights"])
+                        b = to_device(b, device)
+                        losses.append(model_loss(
+                            model, sched, b, t[sl].to(device), noise[sl].to(device),
+                            None if aug is None else aug[sl].to(device),
+                            None if aug_noise is None else aug_noise[sl].to(device)).cpu())
+                    res[prefix + arm] = float(torch.cat(losses).mean())
+                res[prefix + "gap"] = res[prefix + "without"] - res[prefix + "with"]
         model.train()
         return res
 
@@ -518,7 +649,16 @@ def train(args) -> None:
             log(f"eval @ {state['samples']} samples: val with {res['with']:.4f}, "
                 f"without {res['without']:.4f}, neighbour gap {res['gap']:+.5f}; names dropped: "
                 f"with {res['noname_with']:.4f}, without {res['noname_without']:.4f}, "
-                f"gap {res['noname_gap']:+.5f}")
+                f"gap {res['noname_gap']:+.5f}"
+                + (f"; made-up names: with {res['pseudo_with']:.4f}, without "
+                   f"{res['pseudo_without']:.4f}, gap {res['pseudo_gap']:+.5f}"
+                   if "pseudo_gap" in res else "")
+                + (f"; unseen entities: with {res['unseen_with']:.4f}, without "
+                   f"{res['unseen_without']:.4f}, gap {res['unseen_gap']:+.5f}"
+                   if "unseen_gap" in res else "")
+                + (f"; unseen, made-up names: with {res['unseen_pseudo_with']:.4f}, without "
+                   f"{res['unseen_pseudo_without']:.4f}, gap {res['unseen_pseudo_gap']:+.5f}"
+                   if "unseen_pseudo_gap" in res else ""))
 
     limit_samples = args.max_samples or float("inf")
     decay = (tr["decay_from_samples"], tr["decay_to_samples"])
@@ -535,6 +675,8 @@ def train(args) -> None:
     next_eval = (state["samples"] // tr["eval_every_samples"] + 1) * tr["eval_every_samples"]
     loss_ema = state["history"][-1]["loss_ema"] if state["history"] else None
     model.train()
+    if state["evals"] and set(val.keys()) - set(state["evals"][-1]):
+        evaluate()  # where a resumed run starts on the made-up-names losses
     # SIGTERM / SIGINT end the run after the current step, with the same evaluation, checkpoint,
     # sheet and export as a run that reached its limit.
     stop = []
@@ -546,7 +688,13 @@ def train(args) -> None:
         if crop:
             b = crop_batch(b, cfg, crop, crop_gen)
         drop_text = torch.rand(bs) < tr["p_drop_text"]
-        if tr["p_drop_name"] > 0:
+        if tr["p_pseudo_name"] > 0:
+            u = torch.rand(bs)
+            data.drop_names(b, rows, (u < tr["p_drop_name"]) & ~drop_text)
+            pseudo = (u >= tr["p_drop_name"]) & (u < tr["p_drop_name"] + tr["p_pseudo_name"])
+            data.pseudo_name(b, rows, pseudo & ~drop_text,
+                             torch.randint(len(data.pseudo_text), (bs,)))
+        elif tr["p_drop_name"] > 0:
             data.drop_names(b, rows, (torch.rand(bs) < tr["p_drop_name"]) & ~drop_text)
         b["text_valid"][drop_text] = 0.0
         drop_nbr = torch.rand(bs) < tr["p_drop_neighbours"]
