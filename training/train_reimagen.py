@@ -260,7 +260,8 @@ class EmojiData:
         self.unseen_ids = self.unseen_ids[: train["val_examples"]]
         log(f"data: {len(self.ids)} train-split renditions, {len(self.train_ids)} training "
             f"examples, {len(heldback)} held back, {len(self.val_ids)} validation examples"
-            + (f", {len(self.unseen_ids)} of {len(unseen_entities)} unseen validation entities"
+            + (f", {len(self.unseen_ids)} examples of {len(unseen_entities)} unseen validation "
+               f"entities"
                if unseen_entities else ""))
 
     def drop_names(self, b: dict, rows: torch.Tensor, which: torch.Tensor) -> None:
