@@ -77,7 +77,8 @@ TRAIN_DEFAULTS = {
     # learns that a name it does not know says nothing and the neighbours say what to draw.
     # Drawn after p_drop_name: the shares add up (docs/training.md).
     "p_pseudo_name": 0.0,
-    "pseudo_names": 1024,     # the made-up names, each captioned in every style (encoded once)
+    "pseudo_names": 1024,     # the made-up names, each captioned in every style (encoded once
+                              # at start, when p_pseudo_name > 0)
     "neighbours": 2,
     "neighbour_backprop": True,  # gradients through the neighbours' DStack pass (False: ~20% cheaper)
     "val_examples": 64,
@@ -229,9 +230,10 @@ class EmojiData:
         log(f"data: {len(self.ids)} captions encoded in {time.time() - t0:.1f}s")
         # Made-up names (p_pseudo_name): pseudo_text[j, s] holds "<name j>, <style s> style".
         entities = sorted({by_id[i]["entity"] for i in self.ids})
-        self.entity_row = torch.tensor([entities.index(by_id[i]["entity"]) for i in self.ids])
+        entity_index = {e: n for n, e in enumerate(entities)}
+        self.entity_row = torch.tensor([entity_index[by_id[i]["entity"]] for i in self.ids])
         self.pseudo_text = self.pseudo_valid = None
-        if train["pseudo_names"] > 0:
+        if train["p_pseudo_name"] > 0:
             t0 = time.time()
             names = pseudo_names(entities, train["pseudo_names"])
             p_states, p_valid = enc.encode([f"{n}, {s} style" for n in names for s in styles])
@@ -689,14 +691,13 @@ def train(args) -> None:
         if crop:
             b = crop_batch(b, cfg, crop, crop_gen)
         drop_text = torch.rand(bs) < tr["p_drop_text"]
-        if tr["p_pseudo_name"] > 0:
-            u = torch.rand(bs)
+        if tr["p_drop_name"] > 0 or tr["p_pseudo_name"] > 0:
+            u = torch.rand(bs)  # one draw: dropped below p_drop_name, made up in the next share
             data.drop_names(b, rows, (u < tr["p_drop_name"]) & ~drop_text)
-            pseudo = (u >= tr["p_drop_name"]) & (u < tr["p_drop_name"] + tr["p_pseudo_name"])
-            data.pseudo_name(b, rows, pseudo & ~drop_text,
-                             torch.randint(len(data.pseudo_text), (bs,)))
-        elif tr["p_drop_name"] > 0:
-            data.drop_names(b, rows, (torch.rand(bs) < tr["p_drop_name"]) & ~drop_text)
+            if tr["p_pseudo_name"] > 0:
+                pseudo = (u >= tr["p_drop_name"]) & (u < tr["p_drop_name"] + tr["p_pseudo_name"])
+                data.pseudo_name(b, rows, pseudo & ~drop_text,
+                                 torch.randint(len(data.pseudo_text), (bs,)))
         b["text_valid"][drop_text] = 0.0
         drop_nbr = torch.rand(bs) < tr["p_drop_neighbours"]
         b["nbr_weights"][drop_nbr] = 0.0
